@@ -1,0 +1,1 @@
+"""Alembic migrations of the bland-notifier store (installed as ``notifier.migrations``)."""

@@ -1,0 +1,211 @@
+"""Bland AI's API: the HTTP client and the decoding of its answers.
+
+Every answer is untrusted input. A malformed entry is skipped and counted, never the
+whole poll; an answer that is not the documented shape is a failed poll (``PollError``).
+Decoding is the hot path: the common case is one msgspec decode straight into typed
+structs; only when that fails does a per-entry tolerant path run.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from notifier import __version__
+from notifier.model import Call, Snapshot
+from notifier.secret import Secret
+
+USER_AGENT = f"bland-notifier/{__version__}"
+DETAIL_FIELDS = ("status", "completed", "call_length", "answered_by", "call_ended_by", "error_message")
+
+
+class PollError(Exception):
+    """A poll that produced no snapshot. ``reason`` is safe to log (no secrets)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, auth: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.auth = auth
+
+
+class _TypedEnvelope(msgspec.Struct):
+    data: list[Call]
+
+
+class _RawEnvelope(msgspec.Struct):
+    data: list[msgspec.Raw] | None = None
+    errors: Any = None
+
+
+_typed_decoder = msgspec.json.Decoder(_TypedEnvelope)
+_raw_decoder = msgspec.json.Decoder(_RawEnvelope)
+_call_decoder = msgspec.json.Decoder(Call)
+_any_decoder = msgspec.json.Decoder()
+
+
+def decode_active_calls(body: bytes) -> Snapshot:
+    """Decode a ``/v1/calls/active`` body; raise ``PollError`` if it is not that shape."""
+    try:
+        entries: list[Call] = _typed_decoder.decode(body).data
+    except msgspec.DecodeError:
+        return _decode_tolerant(body)
+    calls: dict[str, Call] = {}
+    for call in entries:
+        if not call.call_id:
+            return _decode_tolerant(body)
+        calls[call.call_id] = call
+    return Snapshot(calls=calls, skipped=len(entries) - len(calls))
+
+
+def _decode_tolerant(body: bytes) -> Snapshot:
+    try:
+        envelope = _raw_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise PollError(f"answer is not the documented shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise PollError(f"answer is not valid JSON: {exc}") from None
+    if envelope.data is None:
+        detail = f" (errors: {_short(envelope.errors)})" if envelope.errors else ""
+        raise PollError(f"answer has no call list (data is null or missing){detail}")
+    calls: dict[str, Call] = {}
+    skipped = 0
+    for raw in envelope.data:
+        call = _decode_entry(raw)
+        if call is None or call.call_id in calls:
+            skipped += 1
+            continue
+        calls[call.call_id] = call
+    return Snapshot(calls=calls, skipped=skipped)
+
+
+def _decode_entry(raw: msgspec.Raw) -> Call | None:
+    try:
+        call = _call_decoder.decode(raw)
+    except msgspec.DecodeError:
+        entry = _any_decoder.decode(raw)
+        if not isinstance(entry, dict):
+            return None
+        fields = {name: _as_text(entry.get(name)) for name in _WIRE_NAMES}
+        if not isinstance(entry.get("call_id"), str):
+            return None
+        call = msgspec.convert(fields, Call)
+    return call if call.call_id else None
+
+
+_WIRE_NAMES = ("call_id", "user_id", "from", "to", "objective", "pathway_id", "start_time",
+               "international", "status", "timestamp")
+
+
+def _as_text(value: Any) -> str:
+    """Normalise an odd scalar to the string Bland would have sent; drop the rest."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return ""
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse ``Retry-After`` (delta-seconds or an HTTP date); None if absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class BlandClient:
+    """One pooled ``httpx.AsyncClient`` for every request to Bland."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret,
+        org_id: Secret,
+        timeout: float,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "authorization": api_key.reveal(),
+                "x-bland-org-id": org_id.reveal(),
+                "user-agent": USER_AGENT,
+                "accept": "application/json",
+            },
+            timeout=timeout,
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> BlandClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def fetch_active(self) -> Snapshot:
+        """One poll of ``GET /v1/calls/active``."""
+        response = await self._get("/v1/calls/active")
+        return decode_active_calls(response.content)
+
+    async def fetch_details(self, call_id: str) -> dict[str, Any]:
+        """``GET /v1/calls/{id}``, reduced to the scalar outcome fields SPEC names."""
+        response = await self._get(f"/v1/calls/{quote(call_id, safe='')}")
+        try:
+            body = _any_decoder.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise PollError(f"call details are not valid JSON: {exc}") from None
+        if isinstance(body, dict) and isinstance(body.get("data"), dict):
+            body = body["data"]
+        if not isinstance(body, dict):
+            raise PollError("call details are not a JSON object")
+        return {
+            name: body.get(name) if isinstance(body.get(name), (str, int, float, bool)) else None
+            for name in DETAIL_FIELDS
+        }
+
+    async def _get(self, path: str) -> httpx.Response:
+        try:
+            response = await self._client.get(path)
+        except httpx.TimeoutException:
+            raise PollError(f"GET {path}: timed out") from None
+        except httpx.HTTPError as exc:
+            raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return response
+        if status in (401, 403):
+            raise PollError(
+                f"GET {path}: HTTP {status}: Bland rejected the credentials; check "
+                "source.api_key and source.org_id",
+                auth=True,
+            )
+        retry_after = None
+        if status in (429, 503):
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        raise PollError(f"GET {path}: HTTP {status} {response.reason_phrase}".rstrip(), retry_after=retry_after)

@@ -1,0 +1,176 @@
+"""``notifier [--config PATH] [--log-level LEVEL] COMMAND``: the command line (SPEC)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from notifier import __version__
+from notifier.config import EX_CONFIG, Config, ConfigError, load_config, resolve_path
+from notifier.durations import parse_duration
+from notifier.logs import LEVELS, log, register_secrets, setup_logging
+from notifier.model import EVENT_TYPES, Event, iso
+from notifier.store import Store, StoreError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notifier", description="Watch Bland AI's active calls and notify.")
+    parser.add_argument("--version", action="version", version=f"bland-notifier {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $NOTIFIER_CONFIG, "
+                        "./notifier.toml, /etc/bland-notifier/notifier.toml)")
+    parser.add_argument("--log-level", choices=LEVELS, default=None,
+                        help="default: $NOTIFIER_LOG_LEVEL or info")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("run", help="the daemon: poll, detect, route, deliver until SIGTERM")
+    commands.add_parser("once", help="one poll and one pass over due deliveries")
+    check = commands.add_parser("check", help="validate the config and print targets and rules")
+    check.add_argument("file", nargs="?", help="config file to check (overrides --config)")
+
+    ev = commands.add_parser("events", help="list recorded events")
+    ev.add_argument("--since", metavar="DURATION", help='only events newer than this, e.g. "1h"')
+    ev.add_argument("--type", action="append", default=[], metavar="TYPE",
+                    help="event type (repeatable; call.* allowed)")
+    ev.add_argument("--call-id", metavar="ID")
+    ev.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_commands.add_parser("upgrade", help="apply migrations")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = args.log_level or os.environ.get("NOTIFIER_LOG_LEVEL", "info").lower()
+    if level not in LEVELS:
+        print(f"notifier: invalid NOTIFIER_LOG_LEVEL {level!r}; use one of {', '.join(LEVELS)}", file=sys.stderr)
+        return 2
+    setup_logging(level)
+    handler: Handler = _HANDLERS[args.command if args.command != "db" else f"db {args.db_command}"]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"notifier: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StoreError as exc:
+        print(f"notifier: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(resolve_path(getattr(args, "file", None) or args.config))
+    register_secrets(config.secrets())
+    return config
+
+
+def _open_store(config: Config) -> Store:
+    store = Store(config.storage.url)
+    store.upgrade()
+    return store
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from notifier.daemon import run_daemon
+
+    return run_daemon(_config(args), os.environ)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from notifier.daemon import run_once
+
+    return run_once(_config(args), os.environ)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from notifier.channels import describe_target
+
+    config = _config(args)
+    print(f"{config.path}: valid")
+    print(f"source: {config.source.base_url} every {config.poll_interval:g}s")
+    print("targets:")
+    for target in config.targets.values():
+        print(f"  {target.name} ({target.kind}): {describe_target(target)}")
+    if not config.targets:
+        print("  (none)")
+    print("rules:")
+    for rule in config.rules:
+        matchers = " and ".join(str(m) for m in rule.matchers) or "always"
+        print(f"  {rule.name}: {', '.join(rule.event_types)} where {matchers} -> {', '.join(rule.targets)}")
+    if not config.rules:
+        print("  (none: events are recorded but not sent anywhere)")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    config = _config(args)
+    since = None
+    if args.since:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError as exc:
+            print(f"notifier: --since: {exc}", file=sys.stderr)
+            return 2
+    types = _expand_types(args.type)
+    if types is None:
+        return 2
+    store = _open_store(config)
+    try:
+        found = store.events(since=since, types=types, call_id=args.call_id, limit=args.limit or None)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode([_event_json(e) for e in found]).decode() + "\n")
+        return 0
+    for event in found:
+        call = event.data.get("call") or {}
+        detail = f"{call.get('to', '')} {call.get('status', '')}".strip() if call else ""
+        print(f"{iso(event.detected_at)}  {event.id}  {event.type:<20} {event.call_id or '-'}  {detail}")
+    return 0
+
+
+def _expand_types(patterns: list[str]) -> list[str] | None:
+    import fnmatch
+
+    types: list[str] = []
+    for pattern in (p for arg in patterns for p in arg.split(",") if p):
+        hits = [t for t in EVENT_TYPES if fnmatch.fnmatchcase(t, pattern)]
+        if not hits:
+            print(f"notifier: --type {pattern!r} matches no event type ({', '.join(EVENT_TYPES)})",
+                  file=sys.stderr)
+            return None
+        types.extend(hits)
+    return types
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "type": event.type, "detected_at": iso(event.detected_at),
+            "call_id": event.call_id, "data": event.data}
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = _open_store(config)
+    log.info("database is up to date", extra={"kv": {"database": store.path}})
+    store.close()
+    return 0
+
+
+_HANDLERS: dict[str, Handler] = {
+    "run": cmd_run,
+    "once": cmd_once,
+    "check": cmd_check,
+    "events": cmd_events,
+    "db upgrade": cmd_db_upgrade,
+}

@@ -1,0 +1,368 @@
+"""The TOML configuration: schema, interpolation, validation, and one clear error.
+
+Every problem becomes a ``ConfigError`` naming the file, the key path
+(``rules[2].match[0]``) and the reason; the CLI turns it into exit 78. The schema
+structs forbid unknown keys so that a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from notifier.detect import DetectSettings
+from notifier.durations import Duration, parse_duration
+from notifier.route import Rule, RuleError, compile_rule
+from notifier.secret import Secret
+
+EX_CONFIG = 78
+DEFAULT_PATHS = (Path("notifier.toml"), Path("/etc/bland-notifier/notifier.toml"))
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+    def __init__(self, file: Path | str, key: str | None, reason: str) -> None:
+        self.file, self.key, self.reason = str(file), key, reason
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {reason}")
+
+
+class _Schema(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class SourceConfig(_Schema):
+    api_key: Secret
+    org_id: Secret
+    base_url: str = "https://api.bland.ai"
+    poll_interval: Duration = Duration(5)
+    timeout: Duration = Duration(10)
+    unreachable_after: Duration = Duration(60)
+    fetch_details: bool = False
+
+
+class StorageConfig(_Schema):
+    url: str = "sqlite:///notifier.db"
+    retention: Duration = Duration(30 * 86400)
+
+
+class DetectConfig(_Schema):
+    stuck_queued_after: Duration = Duration(120)
+    stuck_queued_repeat: Duration = Duration(0)
+    long_running_after: Duration = Duration(0)
+    missing_polls: int = 1
+    announce_existing: bool = False
+
+
+class HttpConfig(_Schema):
+    listen: str = "127.0.0.1:9464"
+
+
+class TargetConfig(_Schema):
+    url: Secret
+    secret: Secret | None = None
+    min_interval: Duration | None = None
+    timeout: Duration = Duration(10)
+    retry_initial: Duration = Duration(5)
+    retry_max: Duration = Duration(600)
+    give_up_after: Duration = Duration(86400)
+
+
+class RuleConfig(_Schema):
+    name: str
+    events: list[str]
+    targets: list[str]
+    match: list[str] = []
+    title: str | None = None
+    body: str | None = None
+    digest_after: int = 5
+
+
+class _File(_Schema):
+    source: SourceConfig
+    storage: StorageConfig = StorageConfig()
+    detect: DetectConfig = DetectConfig()
+    http: HttpConfig | None = None
+    targets: dict[str, TargetConfig] = {}
+    rules: list[RuleConfig] = []
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated target. ``kind`` is ``webhook`` for http(s) URLs, else ``apprise``."""
+
+    name: str
+    kind: str
+    url: Secret
+    secret: Secret | None
+    min_interval: float
+    timeout: float
+    retry_initial: float
+    retry_max: float
+    give_up_after: float
+
+    def secrets(self) -> list[str]:
+        values = [self.url.reveal()]
+        if self.secret is not None:
+            values.append(self.secret.reveal())
+        return values
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    source: SourceConfig
+    storage: StorageConfig
+    detect: DetectSettings
+    http: HttpConfig | None
+    targets: dict[str, Target]
+    rules: tuple[Rule, ...]
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for scrubbing text that might have picked one up."""
+        values = [self.source.api_key.reveal(), self.source.org_id.reveal()]
+        for target in self.targets.values():
+            values.extend(target.secrets())
+        return values
+
+    @property
+    def poll_interval(self) -> float:
+        return float(self.source.poll_interval)
+
+
+def resolve_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """SPEC order: ``--config``, ``$NOTIFIER_CONFIG``, ``./notifier.toml``, /etc."""
+    if explicit:
+        return Path(explicit)
+    if env.get("NOTIFIER_CONFIG"):
+        return Path(env["NOTIFIER_CONFIG"])
+    for candidate in DEFAULT_PATHS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_PATHS[0]
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read, interpolate, validate. Raises ConfigError; never returns a half-valid config."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found (use --config or $NOTIFIER_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    data = _interpolate(raw, "", path, env)
+    try:
+        schema = msgspec.convert(data, _File, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        key, reason = _split_msgspec_error(str(exc))
+        raise ConfigError(path, key, reason) from None
+    return _validate(schema, path)
+
+
+_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+
+def _interpolate(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, _join(key, k), path, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]", path, env) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+        return _REF.sub(lambda m: _resolve_ref(m, key, path, env), value)
+    return value
+
+
+def _join(parent: str, child: str) -> str:
+    return f"{parent}.{child}" if parent else child
+
+
+def _resolve_ref(match: re.Match[str], key: str, path: Path, env: Mapping[str, str]) -> str:
+    if match.group(0) == "$${":
+        return "${"
+    name = match.group(1)
+    if name.startswith("credential:"):
+        cred = name.removeprefix("credential:")
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not cred or "/" in cred or cred in (".", ".."):
+            raise ConfigError(path, key, f"invalid credential name {cred!r}")
+        if not directory:
+            raise ConfigError(
+                path, key, f"${{credential:{cred}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+            )
+        try:
+            return (Path(directory) / cred).read_text(encoding="utf-8").strip()
+        except OSError:
+            raise ConfigError(path, key, f"credential {cred!r} not found in $CREDENTIALS_DIRECTORY") from None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(path, key, f"invalid reference ${{{name}}}; write ${{NAME}} or ${{credential:NAME}}")
+    if name not in env:
+        raise ConfigError(path, key, f"environment variable {name} is not set")
+    return env[name]
+
+
+def _decode_custom(type_: type, value: Any) -> Any:
+    if type_ is Duration:
+        if not isinstance(value, str):
+            raise ValueError('durations are strings with a unit, e.g. "5s", "250ms", "1h30m"')
+        return parse_duration(value)
+    if type_ is Secret:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return Secret(value)
+    raise NotImplementedError
+
+
+_AT = re.compile(r"^(.*) - at `\$(.*)`$", re.DOTALL)
+
+
+def _split_msgspec_error(message: str) -> tuple[str | None, str]:
+    """``Object contains unknown field `x` - at `$.source``` -> (``source.x``, reason)."""
+    found = _AT.match(message)
+    reason, key = (found.group(1), found.group(2).lstrip(".")) if found else (message, "")
+    unknown = re.match(r"Object contains unknown field `(.*)`", reason)
+    if unknown:
+        return _join(key, unknown.group(1)), "unknown key (check the spelling)"
+    missing = re.match(r"Object missing required field `(.*)`", reason)
+    if missing:
+        return _join(key, missing.group(1)), "required key is missing"
+    return key or None, reason[:1].lower() + reason[1:]
+
+
+def _validate(schema: _File, path: Path) -> Config:
+    def fail(key: str, reason: str) -> ConfigError:
+        return ConfigError(path, key, reason)
+
+    source = schema.source
+    if not re.match(r"^https?://[^/\s]+", source.base_url):
+        raise fail("source.base_url", "must be an http:// or https:// URL")
+    if not source.api_key:
+        raise fail("source.api_key", "must not be empty")
+    if not source.org_id:
+        raise fail("source.org_id", "must not be empty")
+    for name in ("poll_interval", "timeout", "unreachable_after"):
+        if getattr(source, name) <= 0:
+            raise fail(f"source.{name}", "must be more than 0s")
+    if not schema.storage.url.startswith("sqlite:///"):
+        raise fail("storage.url", "only sqlite:/// URLs are supported")
+    if schema.storage.retention <= 0:
+        raise fail("storage.retention", "must be more than 0s")
+    det = schema.detect
+    if det.missing_polls < 1:
+        raise fail("detect.missing_polls", "must be 1 or more")
+    if schema.http is not None:
+        _validate_listen(schema.http.listen, fail)
+
+    targets = {name: _target(name, cfg, fail) for name, cfg in schema.targets.items()}
+    rules = []
+    names: set[str] = set()
+    for index, rule in enumerate(schema.rules):
+        key = f"rules[{index}]"
+        if rule.name in names:
+            raise fail(f"{key}.name", f"duplicate rule name {rule.name!r}")
+        names.add(rule.name)
+        if not rule.targets:
+            raise fail(f"{key}.targets", "must name at least one target")
+        for t_index, target in enumerate(rule.targets):
+            if target not in targets:
+                known = ", ".join(sorted(targets)) or "none defined"
+                raise fail(f"{key}.targets[{t_index}]", f"unknown target {target!r} (targets: {known})")
+        try:
+            compiled = compile_rule(
+                name=rule.name, events=rule.events, match=rule.match, targets=rule.targets,
+                title=rule.title, body=rule.body, digest_after=rule.digest_after,
+            )
+        except RuleError as exc:
+            raise fail(f"{key}.{exc.key}", exc.reason) from None
+        rules.append(compiled)
+
+    detect = DetectSettings(
+        stuck_queued_after=float(det.stuck_queued_after),
+        stuck_queued_repeat=float(det.stuck_queued_repeat),
+        long_running_after=float(det.long_running_after),
+        missing_polls=det.missing_polls,
+        announce_existing=det.announce_existing,
+        unreachable_after=float(source.unreachable_after),
+    )
+    config = Config(
+        path=path, source=source, storage=schema.storage, detect=detect, http=schema.http,
+        targets=targets, rules=tuple(rules),
+    )
+    _check_templates(config, fail)
+    return config
+
+
+def _validate_listen(listen: str, fail: Any) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise fail("http.listen", f"expected HOST:PORT, got {listen!r}")
+
+
+def _target(name: str, cfg: TargetConfig, fail: Any) -> Target:
+    key = f"targets.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise fail(key, "target names may use letters, digits, '_', '-' and '.'")
+    url = cfg.url.reveal().strip()
+    kind = "webhook" if re.match(r"^https?://", url, re.IGNORECASE) else "apprise"
+    if kind == "webhook":
+        if cfg.secret is not None:
+            _validate_webhook_secret(cfg.secret, f"{key}.secret", fail)
+    else:
+        if cfg.secret is not None:
+            raise fail(f"{key}.secret", "only webhook (http/https) targets are signed")
+        from notifier.channels.apprise import validate_url
+
+        problem = validate_url(url)
+        if problem:
+            raise fail(f"{key}.url", problem)
+    for field in ("timeout", "retry_initial", "retry_max", "give_up_after"):
+        if getattr(cfg, field) <= 0:
+            raise fail(f"{key}.{field}", "must be more than 0s")
+    if cfg.retry_max < cfg.retry_initial:
+        raise fail(f"{key}.retry_max", "must not be less than retry_initial")
+    default_interval = 1.0 if kind == "apprise" else 0.0
+    return Target(
+        name=name,
+        kind=kind,
+        url=Secret(url),
+        secret=cfg.secret,
+        min_interval=float(cfg.min_interval) if cfg.min_interval is not None else default_interval,
+        timeout=float(cfg.timeout),
+        retry_initial=float(cfg.retry_initial),
+        retry_max=float(cfg.retry_max),
+        give_up_after=float(cfg.give_up_after),
+    )
+
+
+def _validate_webhook_secret(secret: Secret, key: str, fail: Any) -> None:
+    import base64
+    import binascii
+
+    value = secret.reveal().removeprefix("whsec_")
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) < 16:
+        raise fail(key, "must be whsec_ followed by base64 of at least 16 random bytes (Standard Webhooks)")
+
+
+def _check_templates(config: Config, fail: Any) -> None:
+    from notifier.templates import TemplateProblem, check_rule_templates
+
+    for index, rule in enumerate(config.rules):
+        try:
+            check_rule_templates(rule)
+        except TemplateProblem as exc:
+            raise fail(f"rules[{index}].{exc.key}", exc.reason) from None

@@ -1,0 +1,158 @@
+"""The long-running process: one anyio task group around the poller, the delivery
+dispatcher, the HTTP listener and the systemd watchdog, plus signal handling.
+
+SIGTERM/SIGINT: stop polling, give in-flight deliveries a bounded time, exit 0 (what
+is undelivered stays in the store). SIGHUP: validate the new config, swap it in
+between polls, or keep the old one and say why.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+import anyio
+from anyio.abc import CancelScope
+
+from notifier.bland import BlandClient
+from notifier.config import Config, ConfigError, load_config
+from notifier.logs import kv, log, register_secrets
+from notifier.poller import DETAILS_BUDGET, Cycle, Poller
+from notifier.sdnotify import Notifier, watchdog_interval
+from notifier.store import Store
+
+DRAIN_TIMEOUT = 10.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        env: Mapping[str, str],
+        clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.clock = clock
+        self.notify = notifier or Notifier()
+        self.store = Store(config.storage.url, dict(env))
+        self._stop = anyio.Event()
+        self._wake = anyio.Event()
+        self._busy_since: float | None = None
+        self._poll_scope: CancelScope | None = None
+        self.poller: Poller | None = None
+
+    async def run(self) -> int:
+        register_secrets(self.config.secrets())
+        await anyio.to_thread.run_sync(self.store.upgrade)
+        state = await anyio.to_thread.run_sync(self.store.load_state)
+        source = self.config.source
+        client = BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout))
+        self.poller = Poller(self.config, self.store, client, state, self.clock)
+        log.info("started", extra=kv(database=self.store.path, calls=len(state.calls),
+                                     interval=f"{self.config.poll_interval}s"))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._signals, tg.cancel_scope)
+                cycle = await self._cycle()
+                self.notify.ready(self._status(cycle))
+                interval = watchdog_interval()
+                if interval is not None:
+                    tg.start_soon(self._watchdog, interval)
+                await self._poll_loop()
+                tg.cancel_scope.cancel()
+        finally:
+            await client.aclose()
+            self.store.close()
+            self.notify.close()
+        log.info("stopped")
+        return 0
+
+    async def _cycle(self) -> Cycle:
+        assert self.poller is not None
+        self._busy_since = time.monotonic()
+        try:
+            cycle = await self.poller.poll()
+        finally:
+            self._busy_since = None
+        self.notify.status(self._status(cycle))
+        return cycle
+
+    async def _poll_loop(self) -> None:
+        assert self.poller is not None
+        while not self._stop.is_set():
+            with anyio.move_on_after(self.poller.delay()):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            if self._stop.is_set():
+                break
+            with anyio.CancelScope() as scope:
+                self._poll_scope = scope
+                await self._cycle()
+
+    async def _signals(self, scope: CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self._reload()
+                    continue
+                log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
+                self.notify.stopping()
+                self._stop.set()
+                self._wake.set()
+                if self._poll_scope is not None:
+                    self._poll_scope.cancel()  # an in-flight request; a commit runs to its end
+                return
+
+    async def _reload(self) -> None:
+        self.notify.reloading()
+        try:
+            new = await anyio.to_thread.run_sync(load_config, self.config.path, self.env)
+            if new.storage != self.config.storage:
+                raise ConfigError(new.path, "storage", "changing [storage] needs a restart; kept the running config")
+        except ConfigError as exc:
+            log.error("reload failed; still running on the previous config", extra=kv(reason=str(exc)))
+        else:
+            self.config = new
+            register_secrets(new.secrets())
+            if self.poller is not None:
+                self.poller.config = new
+            log.info("reloaded", extra=kv(rules=len(new.rules), targets=len(new.targets)))
+        self.notify.ready()
+
+    async def _watchdog(self, interval: float) -> None:
+        stall_limit = 2 * float(self.config.source.timeout) + DETAILS_BUDGET + 30.0
+        while True:
+            busy = self._busy_since
+            if busy is None or time.monotonic() - busy < stall_limit:
+                self.notify.watchdog()
+            await anyio.sleep(interval)
+
+    def _status(self, cycle: Cycle) -> str:
+        health = "ok" if cycle.ok else f"failing ({self.poller.failures if self.poller else 0}x)"
+        when = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        return f"{cycle.calls} active calls; last poll {when} {health}"
+
+
+def run_daemon(config: Config, env: Mapping[str, str]) -> int:
+    return anyio.run(Daemon(config, env).run)
+
+
+async def _once(config: Config, env: Mapping[str, str]) -> int:
+    store = Store(config.storage.url, dict(env))
+    try:
+        await anyio.to_thread.run_sync(store.upgrade)
+        state = await anyio.to_thread.run_sync(store.load_state)
+        source = config.source
+        async with BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout)) as client:
+            cycle = await Poller(config, store, client, state).poll()
+    finally:
+        store.close()
+    return 0 if cycle.ok else 1
+
+
+def run_once(config: Config, env: Mapping[str, str]) -> int:
+    """``notifier once``: one poll (and one delivery pass); exit 1 if the poll failed."""
+    return anyio.run(_once, config, env)

@@ -1,0 +1,165 @@
+"""The poll cycle: fetch -> detect -> enrich -> plan deliveries -> commit, and its pacing.
+
+A thin shell: all decisions about what changed live in ``detect``, all decisions
+about where events go in ``route``. This module only moves data between them, the
+Bland client and the store, and decides when to poll next.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import msgspec
+
+from notifier.bland import BlandClient, PollError
+from notifier.config import Config
+from notifier.detect import DetectState, Transition, detect
+from notifier.logs import kv, log
+from notifier.model import Event, PollFailure, Snapshot
+from notifier.route import plan_deliveries
+from notifier.store import PollRecord, Store
+
+#: Upper bound on the backoff between failed polls (SPEC: min(60 s, unreachable_after)).
+MAX_BACKOFF = 60.0
+#: How long a poll may wait for call details before committing with ``outcome: null``.
+DETAILS_BUDGET = 5.0
+DETAILS_CONCURRENCY = 8
+
+
+def next_delay(
+    interval: float,
+    failures: int,
+    unreachable_after: float,
+    retry_after: float | None = None,
+    jitter: float = 0.0,
+) -> float:
+    """Seconds until the next poll: the interval, or after failures a doubling backoff.
+
+    ``jitter`` in [-1, 1] spreads retries by up to 10 % so that many daemons recovering
+    from one outage do not poll in lockstep.
+    """
+    if failures <= 0:
+        return interval
+    cap = max(interval, min(MAX_BACKOFF, unreachable_after))
+    delay = min(interval * 2 ** min(failures, 30), cap)
+    delay *= 1 + 0.1 * jitter
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one poll did, for logging, metrics and the ``once`` exit code."""
+
+    ok: bool
+    events: list[Event]
+    planned: int
+    calls: int
+    duration: float
+    error: PollError | None = None
+
+
+class Poller:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        client: BlandClient,
+        state: DetectState,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.client = client
+        self.state = state
+        self.clock = clock
+        self.last_error: PollError | None = None
+
+    @property
+    def failures(self) -> int:
+        return self.state.source.failures
+
+    def delay(self) -> float:
+        retry_after = self.last_error.retry_after if self.last_error else None
+        return next_delay(
+            self.config.poll_interval,
+            self.failures,
+            self.config.detect.unreachable_after,
+            retry_after,
+            random.uniform(-1, 1),
+        )
+
+    async def poll(self) -> Cycle:
+        config = self.config  # a reload swaps self.config; one poll uses one config
+        started = time.perf_counter()
+        observation: Snapshot | PollFailure
+        error: PollError | None = None
+        try:
+            observation = await self.client.fetch_active()
+        except PollError as exc:
+            error = exc
+            observation = PollFailure(exc.reason)
+        now = self.clock()
+        transition = detect(self.state, observation, now, config.detect)
+        events = transition.events
+        if config.source.fetch_details and any(e.type == "call.disappeared" for e in events):
+            events = await self._enrich(events, float(config.source.timeout))
+            transition = msgspec.structs.replace(transition, events=events)
+        digestible = frozenset(n for n, t in config.targets.items() if t.kind == "apprise")
+        planned = plan_deliveries(events, config.rules, digestible)
+        duration = time.perf_counter() - started
+        record = PollRecord(
+            at=now, duration=duration, ok=error is None,
+            calls=len(observation.calls) if isinstance(observation, Snapshot) else None,
+            skipped=observation.skipped if isinstance(observation, Snapshot) else None,
+            error=error.reason if error else None,
+        )
+        await anyio.to_thread.run_sync(self.store.commit_poll, transition, planned, record)
+        self.state = transition.state
+        self.last_error = error
+        self._log(transition, observation, error)
+        return Cycle(
+            ok=error is None, events=events, planned=len(planned), calls=len(self.state.calls),
+            duration=duration, error=error,
+        )
+
+    async def _enrich(self, events: list[Event], timeout: float) -> list[Event]:
+        """Attach call details to disappeared events, within a bounded time."""
+        outcomes: dict[str, dict[str, object]] = {}
+        limiter = anyio.CapacityLimiter(DETAILS_CONCURRENCY)
+
+        async def fetch(call_id: str) -> None:
+            async with limiter:
+                try:
+                    outcomes[call_id] = await self.client.fetch_details(call_id)
+                except PollError as exc:
+                    log.warning("call details unavailable", extra=kv(call_id=call_id, reason=exc.reason))
+
+        wanted = [e.call_id for e in events if e.type == "call.disappeared" and e.call_id]
+        with anyio.move_on_after(min(DETAILS_BUDGET, timeout)):
+            async with anyio.create_task_group() as tg:
+                for call_id in wanted:
+                    tg.start_soon(fetch, call_id)
+        if len(outcomes) < len(wanted):
+            log.warning("call details missing; outcome left null",
+                        extra=kv(missing=len(wanted) - len(outcomes)))
+        return [
+            msgspec.structs.replace(e, data={**e.data, "outcome": outcomes[e.call_id]})
+            if e.type == "call.disappeared" and e.call_id in outcomes
+            else e
+            for e in events
+        ]
+
+    def _log(self, transition: Transition, observation: Snapshot | PollFailure, error: PollError | None) -> None:
+        if error is not None:
+            level = log.error if error.auth else log.warning
+            level("poll failed", extra=kv(reason=error.reason, failures=self.failures))
+        elif isinstance(observation, Snapshot) and observation.skipped:
+            log.warning("skipped malformed entries", extra=kv(skipped=observation.skipped))
+        for event in transition.events:
+            log.info(event.type, extra=kv(event_id=event.id, call_id=event.call_id))

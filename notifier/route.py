@@ -1,0 +1,254 @@
+"""Routing: which (rule, target) pairs an event goes to, and how a poll's events become
+deliveries. Pure functions: rules are parsed once at config load, routing does no I/O.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from notifier.model import CALL_EVENT_TYPES, EVENT_TYPES, Event
+
+#: Fields every call event has (SPEC, Matchers); source events have only ``type``.
+CALL_FIELDS = ("call_id", "user_id", "from", "to", "objective", "pathway_id", "status", "international")
+#: The scalar data fields of each event type, as matchers and templates see them.
+DATA_FIELDS: dict[str, tuple[str, ...]] = {
+    "call.appeared": (),
+    "call.started": ("queued_for_seconds", "was_stuck"),
+    "call.status_changed": ("previous_status",),
+    "call.stuck_queued": ("queued_for_seconds", "threshold_seconds"),
+    "call.long_running": ("in_progress_for_seconds",),
+    "call.disappeared": ("was_started", "was_stuck", "last_status", "observed_seconds"),
+    "source.unreachable": ("since", "consecutive_failures", "last_error"),
+    "source.recovered": ("downtime_seconds",),
+}
+
+_MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
+
+
+class RuleError(ValueError):
+    """A rule that cannot work; ``key`` is the key path below the rule (e.g. ``match[0]``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """``FIELD OP VALUE`` as in Alertmanager; regexes are fully anchored."""
+
+    field: str
+    op: str
+    value: str
+    regex: re.Pattern[str] | None = None
+
+    def matches(self, fields: Mapping[str, str]) -> bool:
+        actual = fields.get(self.field, "")
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        hit = self.regex is not None and self.regex.fullmatch(actual) is not None
+        return hit if self.op == "=~" else not hit
+
+    def __str__(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{self.field} {self.op} "{escaped}"'
+
+
+def parse_matcher(text: str) -> Matcher:
+    """Parse one matcher; raise ValueError saying what is wrong."""
+    found = _MATCHER.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not FIELD OP VALUE with OP one of =, !=, =~, !~")
+    name, op, raw = found.groups()
+    value = _unquote(raw)
+    regex = None
+    if op in ("=~", "!~"):
+        try:
+            regex = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return Matcher(field=name, op=op, value=value, regex=regex)
+
+
+def _unquote(raw: str) -> str:
+    if not raw.startswith('"'):
+        return raw
+    if len(raw) < 2 or not raw.endswith('"'):
+        raise ValueError(f"unterminated quoted value {raw}")
+    out, body, i = [], raw[1:-1], 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\":
+            if i + 1 >= len(body) or body[i + 1] not in '"\\':
+                raise ValueError(f"in {raw}, only \\\" and \\\\ are escapes")
+            out.append(body[i + 1])
+            i += 2
+            continue
+        if char == '"':
+            raise ValueError(f"unescaped quote inside {raw}")
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def expand_event_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    """``call.*`` / ``*`` -> the event types they cover; unknown names are errors."""
+    types: list[str] = []
+    for index, pattern in enumerate(patterns):
+        hits = [t for t in EVENT_TYPES if fnmatch.fnmatchcase(t, pattern)]
+        if not hits:
+            raise RuleError(
+                f"events[{index}]", f"{pattern!r} matches no event type; known: {', '.join(EVENT_TYPES)}"
+            )
+        types.extend(t for t in hits if t not in types)
+    return tuple(types)
+
+
+def fields_of(event_type: str) -> tuple[str, ...]:
+    base = ("type",) + (CALL_FIELDS if event_type in CALL_EVENT_TYPES else ())
+    return base + DATA_FIELDS[event_type]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    event_types: tuple[str, ...]
+    matchers: tuple[Matcher, ...]
+    targets: tuple[str, ...]
+    title: str | None = None
+    body: str | None = None
+    digest_after: int = 5
+    _types: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_types", frozenset(self.event_types))
+
+    def fits(self, event_type: str, fields: Mapping[str, str]) -> bool:
+        return event_type in self._types and all(m.matches(fields) for m in self.matchers)
+
+
+def compile_rule(
+    *,
+    name: str,
+    events: Sequence[str],
+    match: Sequence[str],
+    targets: Sequence[str],
+    title: str | None = None,
+    body: str | None = None,
+    digest_after: int = 5,
+) -> Rule:
+    """Validate and compile one ``[[rules]]`` entry; errors carry the key below the rule."""
+    if not events:
+        raise RuleError("events", "must list at least one event type")
+    types = expand_event_patterns(events)
+    known = {f for t in types for f in fields_of(t)}
+    matchers = []
+    for index, text in enumerate(match):
+        try:
+            matcher = parse_matcher(text)
+        except ValueError as exc:
+            raise RuleError(f"match[{index}]", str(exc)) from None
+        if matcher.field not in known:
+            raise RuleError(
+                f"match[{index}]",
+                f"field {matcher.field!r} exists on none of this rule's events "
+                f"({', '.join(types)}); fields there: {', '.join(sorted(known))}",
+            )
+        matchers.append(matcher)
+    if digest_after < 0:
+        raise RuleError("digest_after", "must be 0 (off) or more")
+    return Rule(name, types, tuple(matchers), tuple(targets), title, body, digest_after)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def event_fields(event: Event) -> dict[str, str]:
+    """The strings matchers compare: call fields, then the event's scalar data fields."""
+    fields = {"type": event.type}
+    call = event.data.get("call")
+    if isinstance(call, dict):
+        for name in CALL_FIELDS:
+            fields[name] = _text(call.get(name))
+    for name, value in event.data.items():
+        if name != "call" and not isinstance(value, (dict, list)):
+            fields[name] = _text(value)
+    return fields
+
+
+@dataclass(frozen=True)
+class Route:
+    rule: Rule
+    target: str
+
+
+def route(event: Event, rules: Sequence[Rule]) -> list[Route]:
+    """Every fitting rule fires; an event reaches each target at most once (first rule wins)."""
+    fields = event_fields(event)
+    routes: list[Route] = []
+    taken: set[str] = set()
+    for rule in rules:
+        if rule.fits(event.type, fields):
+            for target in rule.targets:
+                if target not in taken:
+                    taken.add(target)
+                    routes.append(Route(rule, target))
+    return routes
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    """One message to send: a single event, or a digest of several (Apprise only)."""
+
+    target: str
+    rule: str
+    event_ids: tuple[str, ...]
+
+    @property
+    def is_digest(self) -> bool:
+        return len(self.event_ids) > 1
+
+
+def plan_deliveries(
+    events: Iterable[Event], rules: Sequence[Rule], digestible: frozenset[str]
+) -> list[PlannedDelivery]:
+    """The deliveries one poll's events cause, in event order.
+
+    ``digestible`` names the targets that may receive a digest (Apprise targets; a
+    webhook consumer always gets one request per event). More than ``digest_after``
+    events of one rule for one such target become a single digest delivery.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    order: list[tuple[str, str]] = []
+    rule_by_name = {rule.name: rule for rule in rules}
+    for event in events:
+        for hop in route(event, rules):
+            key = (hop.rule.name, hop.target)
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(event.id)
+    planned: list[PlannedDelivery] = []
+    for rule_name, target in order:
+        ids = groups[(rule_name, target)]
+        limit = rule_by_name[rule_name].digest_after
+        if target in digestible and limit and len(ids) > limit:
+            planned.append(PlannedDelivery(target, rule_name, tuple(ids)))
+        else:
+            planned.extend(PlannedDelivery(target, rule_name, (eid,)) for eid in ids)
+    planned.sort(key=lambda p: p.event_ids[0])
+    return planned

@@ -1,0 +1,341 @@
+"""The SQLite store: current calls, events, the poll log and the delivery outbox.
+
+One transaction per poll holds the new detection state, its events and the
+deliveries they cause, so a crash at any instant either keeps all of a poll or none
+of it: nothing is lost and, after a restart, nothing is announced twice.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from notifier.detect import DetectState, Transition
+from notifier.model import CallState, Event, SourceState
+from notifier.route import PlannedDelivery
+
+POLL_LOG_KEEP = 1000
+
+metadata = MetaData()
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+calls = Table(
+    "calls", metadata,
+    Column("call_id", String, primary_key=True),
+    Column("status", String, nullable=False),
+    Column("state", LargeBinary, nullable=False),  # msgpack-encoded CallState
+)
+events = Table(
+    "events", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String, nullable=False, unique=True),
+    Column("type", String, nullable=False),
+    Column("call_id", String),
+    Column("detected_at", Float, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # JSON
+    Index("ix_events_detected_at", "detected_at"),
+    Index("ix_events_call_id", "call_id"),
+    Index("ix_events_type", "type"),
+)
+polls = Table(
+    "polls", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("calls", Integer),
+    Column("skipped", Integer),
+    Column("events", Integer, nullable=False),
+    Column("error", Text),
+)
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("event_count", Integer, nullable=False, default=1),  # > 1: a digest
+    Column("target", String, nullable=False),
+    Column("rule", String, nullable=False),
+    Column("status", String, nullable=False),  # pending | sent | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("first_attempt_at", Float),
+    Column("finished_at", Float),
+    Column("last_error", Text),
+    Index("ix_deliveries_due", "status", "target", "next_attempt_at"),
+    Index("ix_deliveries_event", "event_id"),
+)
+delivery_events = Table(
+    "delivery_events", metadata,
+    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
+    Column("event_id", String, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_delivery_events_event", "event_id"),
+)
+attempts = Table(
+    "attempts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("outcome", String, nullable=False),  # sent | failed | dead
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("latency", Float, nullable=False),
+    Index("ix_attempts_delivery", "delivery_id"),
+)
+
+_call_state_encoder = msgspec.msgpack.Encoder()
+_call_state_decoder = msgspec.msgpack.Decoder(CallState)
+_json = msgspec.json.Encoder()
+_source_decoder = msgspec.json.Decoder(SourceState)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what to do."""
+
+
+def database_path(url: str, env: dict[str, str] | None = None) -> Path:
+    """The file behind a ``sqlite:///`` URL; relative paths go to $STATE_DIRECTORY or cwd."""
+    env = dict(os.environ) if env is None else env
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise StoreError(f"storage.url {url!r} names no database file")
+    path = Path(database)
+    if not path.is_absolute():
+        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+        path = Path(state_dir or os.getcwd()) / path
+    return path
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does; its -wal/-shm inherit the mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def _make_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: two writers (daemon and a CLI
+        # command) then wait on busy_timeout instead of failing mid-transaction.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    at: float
+    duration: float
+    ok: bool
+    calls: int | None = None
+    skipped: int | None = None
+    error: str | None = None
+
+
+class Store:
+    """Thin shell around SQLite: every method is one short transaction."""
+
+    def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
+        self.path = database_path(url, env)
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
+        self.engine = _make_engine(self.path)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- schema ---------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Apply the Alembic migrations shipped inside the package."""
+        from notifier.migrate import upgrade
+
+        upgrade(self.engine)
+
+    # -- detection state ----------------------------------------------------------------
+
+    def load_state(self) -> DetectState:
+        with self.transaction() as conn:
+            values = {row.key: row.value for row in conn.execute(select(meta))}
+            if "instance" not in values:
+                instance = secrets.token_hex(6)
+                conn.execute(insert(meta).values(key="instance", value=instance.encode()))
+                values["instance"] = instance.encode()
+            loaded = {
+                row.call_id: _call_state_decoder.decode(row.state)
+                for row in conn.execute(select(calls.c.call_id, calls.c.state).order_by(calls.c.call_id))
+            }
+        ordered = dict(sorted(loaded.items(), key=lambda item: (item[1].first_seen, item[0])))
+        return DetectState(
+            instance=values["instance"].decode(),
+            calls=ordered,
+            source=_source_decoder.decode(values["source"]) if "source" in values else SourceState(),
+            next_seq=int(values.get("next_seq", b"1")),
+            timers=tuple(msgspec.json.decode(values["timers"])) if "timers" in values else (0.0, 0.0, 0.0),
+        )
+
+    def commit_poll(
+        self, transition: Transition, planned: Sequence[PlannedDelivery], poll: PollRecord
+    ) -> None:
+        """Persist one poll whole: state, events, their deliveries and the poll log."""
+        state = transition.state
+        with self.transaction() as conn:
+            if transition.changed:
+                upsert = sqlite_insert(calls)
+                conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=[calls.c.call_id],
+                        set_={"status": upsert.excluded.status, "state": upsert.excluded.state},
+                    ),
+                    [
+                        {"call_id": cs.call.call_id, "status": cs.call.status,
+                         "state": _call_state_encoder.encode(cs)}
+                        for cs in transition.changed
+                    ],
+                )
+            if transition.removed:
+                for chunk in _chunks(transition.removed, 500):
+                    conn.execute(delete(calls).where(calls.c.call_id.in_(chunk)))
+            if transition.events:
+                conn.execute(insert(events), [_event_row(e) for e in transition.events])
+            if planned:
+                self._insert_deliveries(conn, planned, poll.at)
+            meta_upsert = sqlite_insert(meta)
+            conn.execute(
+                meta_upsert.on_conflict_do_update(
+                    index_elements=[meta.c.key], set_={"value": meta_upsert.excluded.value}
+                ),
+                [
+                    {"key": "source", "value": _json.encode(state.source)},
+                    {"key": "next_seq", "value": str(state.next_seq).encode()},
+                    {"key": "timers", "value": _json.encode(state.timers)},
+                ],
+            )
+            result = conn.execute(
+                insert(polls).values(
+                    at=poll.at, duration=poll.duration, ok=poll.ok, calls=poll.calls,
+                    skipped=poll.skipped, events=len(transition.events), error=poll.error,
+                )
+            )
+            poll_id = result.inserted_primary_key[0]
+            if poll_id % 100 == 0:
+                conn.execute(delete(polls).where(polls.c.id <= poll_id - POLL_LOG_KEEP))
+
+    def _insert_deliveries(self, conn: Connection, planned: Sequence[PlannedDelivery], now: float) -> None:
+        for plan in planned:
+            delivery_id = conn.execute(
+                insert(deliveries).values(
+                    event_id=plan.event_ids[0], event_count=len(plan.event_ids), target=plan.target,
+                    rule=plan.rule, status="pending", attempts=0, created_at=now, next_attempt_at=now,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(
+                insert(delivery_events),
+                [{"delivery_id": delivery_id, "event_id": eid} for eid in plan.event_ids],
+            )
+
+    # -- queries for the CLI ------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        since: float | None = None,
+        types: Sequence[str] = (),
+        call_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Recorded events, oldest first (the newest ``limit`` when given)."""
+        query = select(events).order_by(events.c.seq.desc())
+        if since is not None:
+            query = query.where(events.c.detected_at >= since)
+        if types:
+            query = query.where(events.c.type.in_(list(types)))
+        if call_id:
+            query = query.where(events.c.call_id == call_id)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_row_event(row) for row in reversed(rows)]
+
+    def events_by_id(self, conn: Connection, ids: Sequence[str]) -> list[Event]:
+        rows = conn.execute(select(events).where(events.c.id.in_(list(ids))).order_by(events.c.seq)).all()
+        return [_row_event(row) for row in rows]
+
+    def last_polls(self, limit: int = 1) -> list[PollRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(polls).order_by(polls.c.id.desc()).limit(limit)).all()
+        return [PollRecord(r.at, r.duration, r.ok, r.calls, r.skipped, r.error) for r in rows]
+
+    def count(self, table: Table) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _event_row(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id, "type": event.type, "call_id": event.call_id,
+        "detected_at": event.detected_at, "data": _json.encode(event.data),
+    }
+
+
+def _row_event(row: Any) -> Event:
+    return Event(id=row.id, type=row.type, detected_at=row.detected_at,
+                 data=msgspec.json.decode(row.data), call_id=row.call_id)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

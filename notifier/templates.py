@@ -1,0 +1,200 @@
+"""Message text: sandboxed Jinja2 templates, defaults per event type, escaping per format.
+
+Template text comes from the operator and is trusted; every value interpolated into
+it comes from the API and is not. Values are escaped for the target's format as they
+are printed (Jinja's ``finalize``), so an objective of ``<!channel>`` or
+``[click](http://evil)`` shows as text and never pings or links.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from notifier.durations import format_duration
+from notifier.model import CALL_EVENT_TYPES, Call, Event, call_payload
+from notifier.route import Rule
+
+TEXT, MARKDOWN, SLACK, HTML = "text", "markdown", "slack", "html"
+
+DEFAULT_TITLES = {
+    "call.appeared": "Call {{ call.call_id | shorten(12) }} to {{ call.to }} appeared ({{ call.status }})",
+    "call.started": "Call to {{ call.to }} started",
+    "call.status_changed": "Call to {{ call.to }}: {{ event.previous_status }} → {{ call.status }}",
+    "call.stuck_queued": "Call to {{ call.to }} stuck in queue for {{ event.queued_for_seconds | duration }}",
+    "call.long_running": "Call to {{ call.to }} running for {{ event.in_progress_for_seconds | duration }}",
+    "call.disappeared": "Call to {{ call.to }} ended ({{ event.last_status }})",
+    "source.unreachable": "Bland API unreachable since {{ event.since }}",
+    "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
+}
+_CALL_LINES = (
+    "To: {{ call.to }}  From: {{ call.from }}\n"
+    "Status: {{ call.status }}{% if call.international %}  (international){% endif %}\n"
+    "Objective: {{ call.objective | shorten(160) }}\n"
+    "Call ID: {{ call.call_id }}"
+)
+DEFAULT_BODIES = {
+    "call.appeared": _CALL_LINES,
+    "call.started": "Queued {{ event.queued_for_seconds | duration }}"
+    "{% if event.was_stuck %} (was stuck){% endif %}\n" + _CALL_LINES,
+    "call.status_changed": "Status changed from {{ event.previous_status }} to {{ call.status }}\n" + _CALL_LINES,
+    "call.stuck_queued": "Queued {{ event.queued_for_seconds | duration }} "
+    "(threshold {{ event.threshold_seconds | duration }})\n" + _CALL_LINES,
+    "call.long_running": "In progress {{ event.in_progress_for_seconds | duration }}\n" + _CALL_LINES,
+    "call.disappeared": "Last status {{ event.last_status }}, observed {{ event.observed_seconds | duration }}"
+    "{% if not event.was_started %}, never started{% endif %}"
+    "{% if event.was_stuck %}, was stuck{% endif %}"
+    "{% if event.outcome %}\nOutcome: {{ event.outcome.status }}"
+    "{% if event.outcome.call_length is not none %}, {{ event.outcome.call_length }} min{% endif %}"
+    "{% if event.outcome.error_message %}, {{ event.outcome.error_message }}{% endif %}{% endif %}\n"
+    + _CALL_LINES,
+    "source.unreachable": "{{ event.consecutive_failures }} polls failed since {{ event.since }}.\n"
+    "Last error: {{ event.last_error }}",
+    "source.recovered": "Polling works again; the API was unreachable for "
+    "{{ event.downtime_seconds | duration }}.",
+}
+
+
+class TemplateProblem(ValueError):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key, self.reason = key, reason
+
+
+def shorten(value: Any, width: int = 80) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= width else text[: max(width - 1, 1)].rstrip() + "…"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MENTION = re.compile(r"@(?=(everyone|here|channel)\b)", re.IGNORECASE)
+_SLACK_MARKUP = str.maketrans({"<": "‹", ">": "›", "*": "\u200b*\u200b", "_": "\u200b_\u200b",
+                               "~": "\u200b~\u200b", "`": "\u02cb"})
+
+
+def _escape_text(value: str) -> str:
+    return _MENTION.sub("@\u200b", _CONTROL.sub("", value))
+
+
+def _escape_markdown(value: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _escape_text(value))
+
+
+def _escape_slack(value: str) -> str:
+    # Slack (and Apprise's Slack plugin) turn "<!channel>", "!here>" and "<url|text>"
+    # into pings and links even when & < > are entity-escaped, so the angle brackets of
+    # untrusted text become look-alikes; formatting marks are split with zero-width spaces.
+    return _escape_text(value).translate(_SLACK_MARKUP)
+
+
+def _escape_html(value: str) -> str:
+    from markupsafe import escape
+
+    return str(escape(_escape_text(value)))
+
+
+_ESCAPES: dict[str, Callable[[str], str]] = {
+    TEXT: _escape_text, MARKDOWN: _escape_markdown, SLACK: _escape_slack, HTML: _escape_html,
+}
+
+
+def _finalizer(fmt: str) -> Callable[[Any], Any]:
+    escape = _ESCAPES[fmt]
+
+    def finalize(value: Any) -> Any:
+        if value is None:
+            return ""
+        return escape(value if isinstance(value, str) else str(value))
+
+    return finalize
+
+
+@lru_cache(maxsize=None)
+def _environment(fmt: str) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, finalize=_finalizer(fmt), autoescape=False, keep_trailing_newline=False
+    )
+    env.filters["duration"] = format_duration
+    env.filters["shorten"] = shorten
+    return env
+
+
+@lru_cache(maxsize=1024)
+def _compile(source: str, fmt: str) -> Any:
+    return _environment(fmt).from_string(source)
+
+
+def template_context(event: Event) -> dict[str, Any]:
+    data = {k: v for k, v in event.data.items() if k != "call"}
+    context: dict[str, Any] = {
+        "event": {"type": event.type, "id": event.id, "detected_at": event.detected_at, **data},
+    }
+    if "call" in event.data:
+        context["call"] = event.data["call"]
+    return context
+
+
+def render(rule: Rule | None, event: Event, fmt: str = TEXT) -> tuple[str, str]:
+    """(title, body) for one event; the rule's templates where set, else the defaults."""
+    title_src = (rule.title if rule and rule.title else None) or DEFAULT_TITLES.get(event.type, "{{ event.type }}")
+    body_src = (rule.body if rule and rule.body else None) or DEFAULT_BODIES.get(event.type, "")
+    context = template_context(event)
+    title = _compile(title_src, fmt).render(context)
+    body = _compile(body_src, fmt).render(context)
+    return " ".join(title.split()), body.strip()
+
+
+_SAMPLE_CALL = Call(
+    call_id="c0ffee00-0000-4000-8000-000000000001", user_id="user-1", from_="+14155550100",
+    to="+13105550123", objective="Confirm the appointment on Friday at 10am", pathway_id="pw-1",
+    start_time="2026-01-01T12:00:42Z", international="false", status="IN_PROGRESS",
+    timestamp="1767268800000",
+)
+_SAMPLE_DATA: dict[str, dict[str, Any]] = {
+    "call.appeared": {},
+    "call.started": {"queued_for_seconds": 42.0, "was_stuck": False},
+    "call.status_changed": {"previous_status": "QUEUED"},
+    "call.stuck_queued": {"queued_for_seconds": 252.0, "threshold_seconds": 120.0},
+    "call.long_running": {"in_progress_for_seconds": 1900.0},
+    "call.disappeared": {
+        "was_started": True, "was_stuck": False, "last_status": "IN_PROGRESS", "observed_seconds": 312.0,
+        "outcome": {"status": "completed", "completed": True, "call_length": 4.2, "answered_by": "human",
+                    "call_ended_by": "ASSISTANT", "error_message": None},
+    },
+    "source.unreachable": {"since": "2026-01-01T12:00:00.000Z", "consecutive_failures": 12,
+                           "last_error": "GET /v1/calls/active: HTTP 503 Service Unavailable"},
+    "source.recovered": {"downtime_seconds": 185.0},
+}
+
+
+def sample_event(event_type: str) -> Event:
+    """A realistic event of each type, for ``check`` and ``test``."""
+    data = dict(_SAMPLE_DATA[event_type])
+    if event_type in CALL_EVENT_TYPES:
+        data = {"call": call_payload(_SAMPLE_CALL), **data}
+    return Event(id="evt_sample_0000000001", type=event_type, detected_at=1767268852.0, data=data,
+                 call_id=_SAMPLE_CALL.call_id if event_type in CALL_EVENT_TYPES else None)
+
+
+def check_rule_templates(rule: Rule) -> None:
+    """Render the rule's templates against a sample of each type it listens to."""
+    for key, source in (("title", rule.title), ("body", rule.body)):
+        if not source:
+            continue
+        try:
+            _compile(source, TEXT)
+        except TemplateError as exc:
+            raise TemplateProblem(key, f"template does not compile: {exc}") from None
+        for event_type in rule.event_types:
+            try:
+                _compile(source, TEXT).render(template_context(sample_event(event_type)))
+            except UndefinedError as exc:
+                raise TemplateProblem(key, f"for {event_type}: {exc.message}") from None
+            except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+                raise TemplateProblem(key, f"for {event_type}: {type(exc).__name__}: {exc}") from None
