@@ -85,11 +85,9 @@ def _unquote(raw: str) -> str:
     out, body, i = [], raw[1:-1], 0
     while i < len(body):
         char = body[i]
-        if char == "\\":
-            if i + 1 >= len(body) or body[i + 1] not in '"\\':
-                raise ValueError(f"in {raw}, only \\\" and \\\\ are escapes")
-            out.append(body[i + 1])
-            i += 2
+        if char == "\\" and i + 1 < len(body) and body[i + 1] in '"\\':
+            out.append(body[i + 1])  # \" and \\ are the only escapes; other backslashes
+            i += 2  # stay as written, so regexes like "\+1310.*" read naturally
             continue
         if char == '"':
             raise ValueError(f"unescaped quote inside {raw}")

@@ -60,6 +60,12 @@ DEFAULT_BODIES = {
 }
 
 
+class _Undefined(StrictUndefined):
+    """StrictUndefined that also fails on ``round``/``int``/``float``, naming the variable."""
+
+    __round__ = __float__ = __int__ = __index__ = StrictUndefined._fail_with_undefined_error
+
+
 class TemplateProblem(ValueError):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(reason)
@@ -118,7 +124,7 @@ def _finalizer(fmt: str) -> Callable[[Any], Any]:
 @lru_cache(maxsize=None)
 def _environment(fmt: str) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, finalize=_finalizer(fmt), autoescape=False, keep_trailing_newline=False
+        undefined=_Undefined, finalize=_finalizer(fmt), autoescape=False, keep_trailing_newline=False
     )
     env.filters["duration"] = format_duration
     env.filters["shorten"] = shorten
