@@ -82,9 +82,11 @@ def _open_store(config: Config) -> Store:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from notifier.daemon import run_daemon
+    from notifier.daemon import early_signals, run_daemon
 
-    return run_daemon(_config(args), os.environ)
+    with early_signals() as stop_requested:
+        config = _config(args)
+        return run_daemon(config, os.environ, stop_requested)
 
 
 def cmd_once(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import anyio
 from anyio.abc import CancelScope
@@ -44,7 +45,7 @@ class Daemon:
         self._poll_scope: CancelScope | None = None
         self.poller: Poller | None = None
 
-    async def run(self) -> int:
+    async def run(self, stop_requested: Callable[[], bool] = lambda: False) -> int:
         register_secrets(self.config.secrets())
         await anyio.to_thread.run_sync(self.store.upgrade)
         state = await anyio.to_thread.run_sync(self.store.load_state)
@@ -55,7 +56,10 @@ class Daemon:
                                      interval=f"{self.config.poll_interval}s"))
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._signals, tg.cancel_scope)
+                tg.start_soon(self._signals)
+                await anyio.sleep(0)  # let the signal receiver take over from early_signals
+                if stop_requested():
+                    self._stop.set()
                 cycle = await self._cycle()
                 self.notify.ready(self._status(cycle))
                 interval = watchdog_interval()
@@ -92,7 +96,7 @@ class Daemon:
                 self._poll_scope = scope
                 await self._cycle()
 
-    async def _signals(self, scope: CancelScope) -> None:
+    async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -136,8 +140,23 @@ class Daemon:
         return f"{cycle.calls} active calls; last poll {when} {health}"
 
 
-def run_daemon(config: Config, env: Mapping[str, str]) -> int:
-    return anyio.run(Daemon(config, env).run)
+@contextmanager
+def early_signals() -> Iterator[Callable[[], bool]]:
+    """Remember a SIGTERM/SIGINT that arrives while starting up (before the event loop
+    installs its handlers), so that the daemon stops cleanly instead of dying."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: bool(received)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_daemon(config: Config, env: Mapping[str, str], stop_requested: Callable[[], bool] = lambda: False) -> int:
+    daemon = Daemon(config, env)
+    return anyio.run(daemon.run, stop_requested)
 
 
 async def _once(config: Config, env: Mapping[str, str]) -> int:

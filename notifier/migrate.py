@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Engine
 
 
+def script_location() -> Path:
+    """The installed ``notifier.migrations``; in a source checkout, the top-level folder."""
+    try:
+        return Path(str(files("notifier.migrations")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "migrations"
+
+
 def alembic_config(engine: Engine) -> AlembicConfig:
     config = AlembicConfig()
-    config.set_main_option("script_location", str(files("notifier.migrations")))
+    config.set_main_option("script_location", str(script_location()))
     config.attributes["engine"] = engine
     return config
 

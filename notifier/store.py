@@ -160,9 +160,10 @@ def _make_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front: two writers (daemon and a CLI
+        # Writers take the lock up front (IMMEDIATE): two writers (the daemon and a CLI
         # command) then wait on busy_timeout instead of failing mid-transaction.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers stay deferred and never block the daemon.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
     return engine
 
@@ -193,8 +194,11 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        """A write transaction: committed on exit, rolled back on any exception."""
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
 
     # -- schema ---------------------------------------------------------------------
 

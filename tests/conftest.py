@@ -52,3 +52,43 @@ def cli_env(sim: BlandSimulator | None, directory: Path, **extra: str) -> dict[s
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "notifier", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; fail the test on time-out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class DaemonProcess:
+    """``notifier run`` as a real subprocess, stderr kept in a file for assertions."""
+
+    def __init__(self, directory: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+        self.directory = directory
+        self.log_path = directory / f"daemon-{id(self)}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen([PYTHON, "-m", "notifier", *(args or ["run"])], env=env, cwd=directory,
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = 15, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()

@@ -1,0 +1,111 @@
+"""The daemon as a real process: clean stops, restarts, SIGKILL mid-poll, sd_notify."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+from notifier.simulator import BlandSimulator, wire_call
+from notifier.store import Store
+from tests.conftest import DaemonProcess, cli_env, wait_for, write_config
+
+ANNOUNCE = "[detect]\nannounce_existing = true\n"
+
+
+def events(directory: Path) -> list[tuple[str, str | None]]:
+    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
+    try:
+        return [(e.type, e.call_id) for e in store.events(limit=None)]
+    except Exception:  # the daemon has not created the tables yet
+        return []
+    finally:
+        store.close()
+
+
+def test_sigterm_then_restart_continues_where_it_stopped(tmp_path: Path, sim: BlandSimulator) -> None:
+    write_config(tmp_path, sim, ANNOUNCE)
+    env = cli_env(sim, tmp_path)
+    sim.set_calls([wire_call("a"), wire_call("b", "IN_PROGRESS")])
+    daemon = DaemonProcess(tmp_path, env)
+    wait_for(lambda: len(events(tmp_path)) == 3)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5
+    assert "stopped" in daemon.log
+
+    # While it is down: a ends, b goes on, c appears.
+    sim.set_calls([wire_call("b", "IN_PROGRESS"), wire_call("c")])
+    daemon = DaemonProcess(tmp_path, env)
+    wait_for(lambda: len(events(tmp_path)) == 5)
+    time.sleep(0.5)  # several more polls: nothing may repeat
+    assert daemon.stop(signal.SIGINT) == 0
+    assert events(tmp_path) == [
+        ("call.appeared", "a"), ("call.appeared", "b"), ("call.started", "b"),
+        ("call.appeared", "c"), ("call.disappeared", "a"),
+    ]
+
+
+def test_sigkill_mid_poll_loses_and_repeats_nothing(tmp_path: Path, sim: BlandSimulator) -> None:
+    write_config(tmp_path, sim, ANNOUNCE)
+    env = cli_env(sim, tmp_path)
+    sim.configure(latency=0.02)
+    rng = random.Random(7)
+    live: dict[str, str] = {}
+    ever: set[str] = set()
+    for round_ in range(8):
+        # Change upstream: some calls end, some start, new ones arrive.
+        for cid in list(live):
+            roll = rng.random()
+            if roll < 0.3:
+                del live[cid]
+            elif roll < 0.6:
+                live[cid] = "IN_PROGRESS"
+        for i in range(rng.randint(3, 12)):
+            cid = f"r{round_}-{i}"
+            live[cid] = rng.choice(["QUEUED", "IN_PROGRESS"])
+            ever.add(cid)
+        sim.set_calls([wire_call(cid, status) for cid, status in live.items()])
+        daemon = DaemonProcess(tmp_path, env)
+        time.sleep(rng.uniform(0.8, 2.0))
+        daemon.kill()
+    daemon = DaemonProcess(tmp_path, env)  # a last run that sees the final upstream
+    wait_for(lambda: "started" in daemon.log)
+    wait_for(lambda: {cid for t, cid in events(tmp_path) if t == "call.appeared"} == ever, timeout=30)
+    time.sleep(0.5)
+    assert daemon.stop() == 0
+    seen = events(tmp_path)
+    counts = Counter(seen)
+    for cid in ever:
+        assert counts[("call.appeared", cid)] == 1, cid
+        assert counts[("call.started", cid)] <= 1, cid
+        assert counts[("call.disappeared", cid)] == (0 if cid in live else 1), cid
+    for cid, status in live.items():
+        assert counts[("call.started", cid)] == (1 if status == "IN_PROGRESS" else 0), cid
+
+
+def test_sd_notify_ready_status_and_stopping(tmp_path: Path, sim: BlandSimulator) -> None:
+    write_config(tmp_path, sim)
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(15)
+    sim.set_calls([wire_call("a")])
+    daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path, NOTIFY_SOCKET=str(sock_path)))
+    messages: list[str] = []
+    try:
+        while not any("READY=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=1 active calls" in ready
+        daemon.proc.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        assert daemon.proc.wait(10) == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        listener.close()

@@ -1,0 +1,153 @@
+"""The SQLite store: file modes, migrations, atomic polls, and resuming from disk."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from hypothesis import HealthCheck, given, settings
+
+from notifier.detect import DetectSettings, DetectState, Transition, detect
+from notifier.model import PollFailure
+from notifier.route import PlannedDelivery
+from notifier.store import POLL_LOG_KEEP, PollRecord, Store, StoreError, database_path, polls
+from tests.test_detect import T0, call, observations, runs, snap
+
+CFG = DetectSettings(announce_existing=True, stuck_queued_after=60)
+
+
+def open_store(directory: Path) -> Store:
+    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
+    store.upgrade()
+    return store
+
+
+def commit(store: Store, t: Transition, at: float = T0, planned: list[PlannedDelivery] | None = None) -> None:
+    store.commit_poll(t, planned or [], PollRecord(at=at, duration=0.01, ok=True, calls=len(t.state.calls)))
+
+
+def test_relative_path_resolves_against_state_directory(tmp_path: Path) -> None:
+    assert database_path("sqlite:///x.db", {"STATE_DIRECTORY": str(tmp_path)}) == tmp_path / "x.db"
+    assert database_path("sqlite:////abs/x.db", {"STATE_DIRECTORY": str(tmp_path)}) == Path("/abs/x.db")
+    with pytest.raises(StoreError):
+        database_path("sqlite://", {})
+
+
+def test_database_and_wal_files_are_private(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    t = detect(store.load_state(), snap(call("a")), T0, CFG)
+    reader = sqlite3.connect(tmp_path / "notifier.db")  # an open connection keeps -wal/-shm
+    try:
+        reader.execute("SELECT count(*) FROM calls").fetchall()
+        commit(store, t)
+        files = sorted(p.name for p in tmp_path.iterdir())
+        assert {"notifier.db", "notifier.db-wal", "notifier.db-shm"} <= set(files)
+        for name in ("notifier.db", "notifier.db-wal", "notifier.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        reader.close()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+
+
+def test_upgrade_is_idempotent_and_at_head(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.upgrade()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        tables = set(sqlalchemy.inspect(conn).get_table_names())
+    assert {"calls", "events", "polls", "deliveries", "delivery_events", "attempts", "meta"} <= tables
+    store.close()
+
+
+def test_a_poll_is_committed_whole_or_not_at_all(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    t1 = detect(store.load_state(), snap(call("a")), T0, CFG)
+    commit(store, t1)
+    t2 = detect(t1.state, snap(call("a", "IN_PROGRESS"), call("b")), T0 + 5, CFG)
+    bad = PlannedDelivery(target="ops", rule="r", event_ids=("evt_does_not_exist",))  # violates the FK
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        commit(store, t2, T0 + 5, [bad])
+    resumed = store.load_state()
+    assert resumed == t1.state  # neither the new call, the status change nor next_seq moved
+    assert [e.id for e in store.events()] == [e.id for e in t1.events]
+    commit(store, t2, T0 + 5, [PlannedDelivery("ops", "r", (t2.events[0].id,))])
+    assert store.load_state() == t2.state
+    store.close()
+
+
+def test_failed_polls_persist_source_health(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    cfg = DetectSettings(unreachable_after=10)
+    state = store.load_state()
+    for i in range(3):
+        t = detect(state, PollFailure("HTTP 503"), T0 + 6 * i, cfg)
+        store.commit_poll(t, [], PollRecord(at=T0 + 6 * i, duration=0.1, ok=False, error="HTTP 503"))
+        state = t.state
+    reloaded = store.load_state()
+    assert reloaded.source.unreachable and reloaded.source.failures == 3
+    assert [e.type for e in store.events()] == ["source.unreachable"]
+    assert store.last_polls(1)[0].error == "HTTP 503"
+    store.close()
+
+
+def test_poll_log_stays_bounded(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    state = store.load_state()
+    for i in range(POLL_LOG_KEEP + 250):
+        t = detect(state, snap(), T0 + i, CFG)
+        commit(store, t, T0 + i)
+        state = t.state
+    assert store.count(polls) <= POLL_LOG_KEEP + 100
+    store.close()
+
+
+def test_event_queries(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    t1 = detect(store.load_state(), snap(call("a"), call("b", "IN_PROGRESS")), T0, CFG)
+    commit(store, t1)
+    t2 = detect(t1.state, snap(call("b", "IN_PROGRESS")), T0 + 100, CFG)
+    commit(store, t2, T0 + 100)
+    assert [e.type for e in store.events()] == ["call.appeared", "call.appeared", "call.started", "call.disappeared"]
+    assert [e.type for e in store.events(call_id="a")] == ["call.appeared", "call.disappeared"]
+    assert [e.type for e in store.events(types=["call.started"])] == ["call.started"]
+    assert [e.type for e in store.events(since=T0 + 50)] == ["call.disappeared"]
+    assert [e.type for e in store.events(limit=1)] == ["call.disappeared"]
+    assert store.events()[0].data["call"]["call_id"] == "a"
+    store.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs)
+def test_resuming_from_the_database_repeats_and_loses_nothing(run: tuple) -> None:
+    steps, cfg = run
+    obs = observations(steps)
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+        straight = open_store(Path(one))
+        state = straight.load_state()
+        for observation, now in obs:
+            t = detect(state, observation, now, cfg)
+            commit(straight, t, now)
+            state = t.state
+        expected = [(e.type, e.call_id, e.detected_at, e.data) for e in straight.events()]
+        straight.close()
+
+        for index, (observation, now) in enumerate(obs):
+            store = open_store(Path(two))  # a fresh process each poll: the harshest restart
+            resumed = store.load_state()
+            if index == 0:
+                resumed = DetectState(instance=resumed.instance)
+            t = detect(resumed, observation, now, cfg)
+            commit(store, t, now)
+            store.close()
+        store = open_store(Path(two))
+        got = [(e.type, e.call_id, e.detected_at, e.data) for e in store.events()]
+        ids = [e.id for e in store.events()]
+        store.close()
+    assert got == expected
+    assert len(set(ids)) == len(ids)
