@@ -43,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
 
+    dl = commands.add_parser("deliveries", help="list deliveries")
+    dl.add_argument("--status", choices=("pending", "sent", "dead"))
+    dl.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rd = commands.add_parser("redeliver", help="re-queue dead deliveries")
+    which = rd.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event", metavar="ID", help="the dead deliveries of this event")
+    which.add_argument("--all-dead", action="store_true", help="every dead delivery")
+
+    test = commands.add_parser("test", help="send a test notification to one target")
+    test.add_argument("target", help="a name from [targets]")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_commands.add_parser("upgrade", help="apply migrations")
@@ -161,6 +174,55 @@ def _event_json(event: Event) -> dict[str, Any]:
             "call_id": event.call_id, "data": event.data}
 
 
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        found = store.deliveries(status=args.status, limit=args.limit or None)
+    finally:
+        store.close()
+    if args.json:
+        rows = [{
+            "id": d.id, "event_id": d.event_id, "events": d.event_count, "target": d.target, "rule": d.rule,
+            "status": d.status, "attempts": d.attempts, "created_at": iso(d.created_at),
+            "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+            "finished_at": iso(d.finished_at), "last_error": d.last_error,
+        } for d in found]
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return 0
+    for d in found:
+        digest = f" (+{d.event_count - 1} more)" if d.event_count > 1 else ""
+        when = f" next {iso(d.next_attempt_at)}" if d.status == "pending" and d.attempts else ""
+        error = f"  last error: {d.last_error}" if d.last_error else ""
+        print(f"{d.id:>6}  {d.status:<7} {d.target:<12} {d.event_id}{digest}  attempts={d.attempts}{when}{error}")
+    return 0
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        count = store.redeliver(time.time(), event_id=None if args.all_dead else args.event)
+    finally:
+        store.close()
+    print(f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from notifier.outbox import send_test
+
+    config = _config(args)
+    if args.target not in config.targets:
+        known = ", ".join(sorted(config.targets)) or "none defined"
+        print(f"notifier: no target {args.target!r} (targets: {known})", file=sys.stderr)
+        return 1
+    outcome = send_test(config.targets[args.target])
+    if outcome.ok:
+        print(f"sent a test notification to {args.target}")
+        return 0
+    print(f"notifier: test notification to {args.target} failed: {outcome.error}", file=sys.stderr)
+    return 1
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _open_store(config)
@@ -174,5 +236,8 @@ _HANDLERS: dict[str, Handler] = {
     "once": cmd_once,
     "check": cmd_check,
     "events": cmd_events,
+    "deliveries": cmd_deliveries,
+    "redeliver": cmd_redeliver,
+    "test": cmd_test,
     "db upgrade": cmd_db_upgrade,
 }

@@ -20,7 +20,7 @@ import msgspec
 from notifier.detect import DetectSettings
 from notifier.durations import Duration, parse_duration
 from notifier.route import Rule, RuleError, compile_rule
-from notifier.secret import Secret
+from notifier.secret import Secret, url_secrets
 
 EX_CONFIG = 78
 DEFAULT_PATHS = (Path("notifier.toml"), Path("/etc/bland-notifier/notifier.toml"))
@@ -110,7 +110,7 @@ class Target:
     give_up_after: float
 
     def secrets(self) -> list[str]:
-        values = [self.url.reveal()]
+        values = url_secrets(self.url.reveal())
         if self.secret is not None:
             values.append(self.secret.reveal())
         return values

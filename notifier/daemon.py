@@ -18,7 +18,9 @@ from anyio.abc import CancelScope
 
 from notifier.bland import BlandClient
 from notifier.config import Config, ConfigError, load_config
+from notifier.durations import format_duration
 from notifier.logs import kv, log, register_secrets
+from notifier.outbox import Dispatcher
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
 from notifier.store import Store
@@ -44,6 +46,7 @@ class Daemon:
         self._busy_since: float | None = None
         self._poll_scope: CancelScope | None = None
         self.poller: Poller | None = None
+        self.dispatcher = Dispatcher(self.store, config, clock)
 
     async def run(self, stop_requested: Callable[[], bool] = lambda: False) -> int:
         register_secrets(self.config.secrets())
@@ -60,12 +63,15 @@ class Daemon:
                 await anyio.sleep(0)  # let the signal receiver take over from early_signals
                 if stop_requested():
                     self._stop.set()
+                tg.start_soon(self.dispatcher.run)
                 cycle = await self._cycle()
-                self.notify.ready(self._status(cycle))
+                self.notify.ready(await self._status_line(cycle))
                 interval = watchdog_interval()
                 if interval is not None:
                     tg.start_soon(self._watchdog, interval)
                 await self._poll_loop()
+                if not await self.dispatcher.drain(DRAIN_TIMEOUT):
+                    log.warning("stopped with deliveries in flight; they are resent at the next start")
                 tg.cancel_scope.cancel()
         finally:
             await client.aclose()
@@ -81,7 +87,8 @@ class Daemon:
             cycle = await self.poller.poll()
         finally:
             self._busy_since = None
-        self.notify.status(self._status(cycle))
+        self.dispatcher.wake(cycle.targets)
+        self.notify.status(await self._status_line(cycle))
         return cycle
 
     async def _poll_loop(self) -> None:
@@ -123,6 +130,7 @@ class Daemon:
             register_secrets(new.secrets())
             if self.poller is not None:
                 self.poller.config = new
+            self.dispatcher.update(new)
             log.info("reloaded", extra=kv(rules=len(new.rules), targets=len(new.targets)))
         self.notify.ready()
 
@@ -134,10 +142,13 @@ class Daemon:
                 self.notify.watchdog()
             await anyio.sleep(interval)
 
-    def _status(self, cycle: Cycle) -> str:
+    async def _status_line(self, cycle: Cycle) -> str:
+        """systemd's STATUS=: what an operator wants from ``systemctl status``."""
+        depth, oldest = await anyio.to_thread.run_sync(self.store.queue_stats, self.clock())
         health = "ok" if cycle.ok else f"failing ({self.poller.failures if self.poller else 0}x)"
         when = time.strftime("%H:%M:%S", time.localtime(self.clock()))
-        return f"{cycle.calls} active calls; last poll {when} {health}"
+        queue = f"{depth} deliveries queued" + (f" (oldest {format_duration(oldest)})" if depth else "")
+        return f"{cycle.calls} active calls; last poll {when} {health}; {queue}"
 
 
 @contextmanager
@@ -167,6 +178,7 @@ async def _once(config: Config, env: Mapping[str, str]) -> int:
         source = config.source
         async with BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout)) as client:
             cycle = await Poller(config, store, client, state).poll()
+        await Dispatcher(store, config).pass_once()
     finally:
         store.close()
     return 0 if cycle.ok else 1

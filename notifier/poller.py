@@ -58,7 +58,7 @@ class Cycle:
 
     ok: bool
     events: list[Event]
-    planned: int
+    targets: frozenset[str]  # targets that got new deliveries: their workers wake now
     calls: int
     duration: float
     error: PollError | None = None
@@ -124,7 +124,8 @@ class Poller:
         self.last_error = error
         self._log(transition, observation, error)
         return Cycle(
-            ok=error is None, events=events, planned=len(planned), calls=len(self.state.calls),
+            ok=error is None, events=events, targets=frozenset(p.target for p in planned),
+            calls=len(self.state.calls),
             duration=duration, error=error,
         )
 

@@ -47,3 +47,20 @@ def redact(text: str, secrets: list[str]) -> str:
     for value in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(value, MASK)
     return text
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a URL that may be credentials: userinfo, path segments, query values.
+
+    Apprise URLs carry tokens as path segments (``slack://T1/B2/C3``) and passwords as
+    userinfo; a message that quotes any of them must not leak it.
+    """
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    parts = urlsplit(url)
+    pieces = [url, parts.username or "", parts.password or ""]
+    pieces += [unquote(seg) for seg in parts.path.split("/")]
+    pieces += [value for _, value in parse_qsl(parts.query)]
+    if parts.scheme not in ("http", "https"):  # slack://TOKEN/...: the "host" is a token
+        pieces.append(parts.netloc.rpartition("@")[2])
+    return [p for p in pieces if len(p) >= 6]

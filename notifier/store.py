@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -163,9 +164,42 @@ def _make_engine(path: Path) -> Engine:
         # Writers take the lock up front (IMMEDIATE): two writers (the daemon and a CLI
         # command) then wait on busy_timeout instead of failing mid-transaction.
         # Readers stay deferred and never block the daemon.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("write"):
+            # Polls (events, their deliveries) are fsynced; attempt bookkeeping is not,
+            # since losing the last attempts to a power cut only means a resend.
+            conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if options.get('durable', True) else 'NORMAL'}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    event_id: str  # the first (or only) event
+    event_count: int
+    target: str
+    rule: str
+    status: str  # pending | sent | dead
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    first_attempt_at: float | None
+    finished_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    at: float
+    outcome: str  # sent | failed | dead
+    status_code: int | None
+    error: str | None
+    latency: float
+    next_attempt_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -193,10 +227,10 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, durable: bool = True) -> Iterator[Connection]:
         """A write transaction: committed on exit, rolled back on any exception."""
         with self.engine.connect() as conn:
-            conn.execution_options(write=True)
+            conn.execution_options(write=True, durable=durable)
             with conn.begin():
                 yield conn
 
@@ -314,14 +348,97 @@ class Store:
             rows = conn.execute(query).all()
         return [_row_event(row) for row in reversed(rows)]
 
-    def events_by_id(self, conn: Connection, ids: Sequence[str]) -> list[Event]:
-        rows = conn.execute(select(events).where(events.c.id.in_(list(ids))).order_by(events.c.seq)).all()
-        return [_row_event(row) for row in rows]
-
     def last_polls(self, limit: int = 1) -> list[PollRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(polls).order_by(polls.c.id.desc()).limit(limit)).all()
         return [PollRecord(r.at, r.duration, r.ok, r.calls, r.skipped, r.error) for r in rows]
+
+    # -- the outbox ---------------------------------------------------------------------
+
+    def due_deliveries(self, target: str, now: float, limit: int = 50) -> list[tuple[Delivery, list[Event]]]:
+        """Pending deliveries of one target that are due, in event order, with their events."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deliveries)
+                .where(deliveries.c.status == "pending", deliveries.c.target == target,
+                       deliveries.c.next_attempt_at <= now)
+                .order_by(deliveries.c.id)
+                .limit(limit)
+            ).all()
+            if not rows:
+                return []
+            links = conn.execute(
+                select(delivery_events.c.delivery_id, events)
+                .join(events, events.c.id == delivery_events.c.event_id)
+                .where(delivery_events.c.delivery_id.in_([r.id for r in rows]))
+                .order_by(events.c.seq)
+            ).all()
+        by_delivery: dict[int, list[Event]] = {}
+        for link in links:
+            by_delivery.setdefault(link.delivery_id, []).append(_row_event(link))
+        return [(_row_delivery(r), by_delivery.get(r.id, [])) for r in rows]
+
+    def next_due(self, target: str) -> float | None:
+        """When the earliest pending delivery of ``target`` becomes due (None: nothing pending)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.min(deliveries.c.next_attempt_at))
+                .where(deliveries.c.status == "pending", deliveries.c.target == target)
+            ).scalar()
+
+    def record_attempt(self, delivery: Delivery, attempt: AttemptRecord) -> None:
+        """One attempt and the delivery's new status, in one transaction."""
+        with self.transaction(durable=False) as conn:
+            conn.execute(insert(attempts).values(
+                delivery_id=delivery.id, at=attempt.at, outcome=attempt.outcome,
+                status_code=attempt.status_code, error=attempt.error, latency=attempt.latency,
+            ))
+            values: dict[str, Any] = {
+                "attempts": deliveries.c.attempts + 1,
+                "status": {"sent": "sent", "dead": "dead"}.get(attempt.outcome, "pending"),
+                "last_error": attempt.error,
+                "first_attempt_at": func.coalesce(deliveries.c.first_attempt_at, attempt.at),
+            }
+            if attempt.outcome == "failed":
+                values["next_attempt_at"] = attempt.next_attempt_at
+            else:
+                values["finished_at"] = attempt.at
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery.id).values(**values))
+
+    def deliveries(self, status: str | None = None, limit: int | None = None) -> list[Delivery]:
+        query = select(deliveries).order_by(deliveries.c.id.desc())
+        if status:
+            query = query.where(deliveries.c.status == status)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [_row_delivery(r) for r in reversed(conn.execute(query).all())]
+
+    def attempts_of(self, delivery_id: int) -> list[AttemptRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(attempts).where(attempts.c.delivery_id == delivery_id)
+                                .order_by(attempts.c.id)).all()
+        return [AttemptRecord(r.at, r.outcome, r.status_code, r.error, r.latency) for r in rows]
+
+    def redeliver(self, now: float, *, event_id: str | None = None) -> int:
+        """Re-queue dead deliveries (of one event, or all); returns how many."""
+        query = update(deliveries).where(deliveries.c.status == "dead")
+        if event_id is not None:
+            linked = select(delivery_events.c.delivery_id).where(delivery_events.c.event_id == event_id)
+            query = query.where(deliveries.c.id.in_(linked))
+        with self.transaction() as conn:
+            result = conn.execute(query.values(
+                status="pending", next_attempt_at=now, first_attempt_at=None, finished_at=None,
+            ))
+        return result.rowcount
+
+    def queue_stats(self, now: float) -> tuple[int, float]:
+        """(pending deliveries, age in seconds of the oldest one)."""
+        with self.engine.connect() as conn:
+            depth, oldest = conn.execute(
+                select(func.count(), func.min(deliveries.c.created_at)).where(deliveries.c.status == "pending")
+            ).one()
+        return int(depth), (now - oldest if oldest is not None else 0.0)
 
     def count(self, table: Table) -> int:
         with self.engine.connect() as conn:
@@ -338,6 +455,15 @@ def _event_row(event: Event) -> dict[str, Any]:
 def _row_event(row: Any) -> Event:
     return Event(id=row.id, type=row.type, detected_at=row.detected_at,
                  data=msgspec.json.decode(row.data), call_id=row.call_id)
+
+
+def _row_delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=row.id, event_id=row.event_id, event_count=row.event_count, target=row.target, rule=row.rule,
+        status=row.status, attempts=row.attempts, created_at=row.created_at,
+        next_attempt_at=row.next_attempt_at, first_attempt_at=row.first_attempt_at,
+        finished_at=row.finished_at, last_error=row.last_error,
+    )
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -31,6 +31,7 @@ DEFAULT_TITLES = {
     "call.disappeared": "Call to {{ call.to }} ended ({{ event.last_status }})",
     "source.unreachable": "Bland API unreachable since {{ event.since }}",
     "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
+    "notifier.test": "bland-notifier test notification",
 }
 _CALL_LINES = (
     "To: {{ call.to }}  From: {{ call.from }}\n"
@@ -57,6 +58,7 @@ DEFAULT_BODIES = {
     "Last error: {{ event.last_error }}",
     "source.recovered": "Polling works again; the API was unreachable for "
     "{{ event.downtime_seconds | duration }}.",
+    "notifier.test": "{{ event.message }}",
 }
 
 
@@ -154,6 +156,28 @@ def render(rule: Rule | None, event: Event, fmt: str = TEXT) -> tuple[str, str]:
     title = _compile(title_src, fmt).render(context)
     body = _compile(body_src, fmt).render(context)
     return " ".join(title.split()), body.strip()
+
+
+DIGEST_LINES = 20
+
+
+def render_digest(rule: Rule | None, events: list[Event], fmt: str = TEXT) -> tuple[str, str]:
+    """One message for many events of one poll: counts by type, the first calls, "and N more"."""
+    escape = _ESCAPES[fmt]
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.type] = counts.get(event.type, 0) + 1
+    summary = ", ".join(f"{n} {t}" for t, n in counts.items())
+    name = f" ({escape(rule.name)})" if rule else ""
+    title = f"{len(events)} call events{name}: {summary}"
+    lines = []
+    for event in events[:DIGEST_LINES]:
+        call = event.data.get("call") or {}
+        who = escape(f"{call.get('to', '')} {call.get('status', '')}".strip()) if call else ""
+        lines.append(f"• {event.type} {escape(event.call_id or '')} {who}".rstrip())
+    if len(events) > DIGEST_LINES:
+        lines.append(f"… and {len(events) - DIGEST_LINES} more")
+    return title, "\n".join(lines)
 
 
 _SAMPLE_CALL = Call(

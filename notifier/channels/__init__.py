@@ -1,10 +1,50 @@
 """Delivery channels. Each sends one message and returns an ``Outcome``; the outbox
 knows this interface, never a channel's internals."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from notifier.config import Target
+from notifier.model import Event
+from notifier.route import Rule
 from notifier.secret import MASK
+
+
+@dataclass(frozen=True)
+class Message:
+    """What one delivery sends: one event, or several for an Apprise digest."""
+
+    events: list[Event]
+    rule: Rule | None  # whose templates to use; None: the defaults
+    attempt_at: float  # wall-clock time of this attempt (webhook-timestamp)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    dead: bool = False  # permanent: do not retry (410 Gone)
+    status_code: int | None = None
+    error: str | None = None  # safe to store and log: no secrets
+    retry_after: float | None = None
+
+
+class Channel(Protocol):
+    async def send(self, message: Message) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_channel(target: Target) -> Channel:
+    if target.kind == "webhook":
+        from notifier.channels.webhook import WebhookChannel
+
+        return WebhookChannel(target)
+    from notifier.channels.apprise import AppriseChannel
+
+    return AppriseChannel(target)
 
 
 def describe_target(target: Target) -> str:

@@ -1,25 +1,105 @@
-"""Apprise targets: Slack, email, Teams, ... and the built-in ``console://``."""
+"""Apprise targets: Slack, email, Teams, ... and the built-in ``console://``.
+
+Apprise's ``notify()`` blocks (requests, smtplib), so it runs in a worker thread under
+a process-wide limiter. Its plugins sleep between sends on their own
+(``request_rate_per_sec``); that is switched off here and the target's
+``min_interval`` is enforced by the dispatcher instead, so one target's pacing never
+holds a thread that another target needs.
+"""
 
 from __future__ import annotations
 
+import logging
+
+import anyio
 import apprise
+from apprise import NotifyFormat
+
+from notifier.channels import Message, Outcome
+from notifier.config import Target
+from notifier.secret import MASK, redact
+from notifier.templates import HTML, MARKDOWN, SLACK, TEXT, render, render_digest
+
+#: Worker threads Apprise sends may occupy at once, across all targets.
+_THREADS = anyio.CapacityLimiter(8)
+_TRUNCATED = "\n… (truncated)"
+
+
+def _instantiate(url: str) -> apprise.plugins.NotifyBase | None:
+    from notifier.channels import console  # noqa: F401  (registers console://)
+
+    return apprise.Apprise.instantiate(url, suppress_exceptions=True)
 
 
 def validate_url(url: str) -> str | None:
     """None if Apprise can build a notifier for ``url``, else a reason without the URL."""
-    from notifier.channels import console  # noqa: F401  (registers console://)
-
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if not scheme:
         return "not a URL: expected an http(s) webhook URL or an Apprise URL such as slack://..."
-    if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
+    if _instantiate(url) is None:
         return f"Apprise cannot use this {scheme}:// URL (unknown scheme or missing parts)"
     return None
 
 
 def private_url(url: str) -> str:
     """Apprise's own privacy rendering of a URL (tokens and passwords masked)."""
-    instance = apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    instance = _instantiate(url)
     if instance is None:
-        return url.split("://", 1)[0] + "://" + "**********"
+        return url.split("://", 1)[0] + "://" + MASK
     return str(instance.url(privacy=True))
+
+
+def _format_for(instance: apprise.plugins.NotifyBase) -> tuple[str, NotifyFormat]:
+    """(our escaping, the body format we hand Apprise) for this service."""
+    supported = instance.notify_format
+    supported = supported if isinstance(supported, tuple) else (supported,)
+    if type(instance).__name__ == "NotifySlack":
+        return SLACK, NotifyFormat.MARKDOWN
+    if NotifyFormat.TEXT in supported:
+        return TEXT, NotifyFormat.TEXT
+    if NotifyFormat.MARKDOWN in supported:
+        return MARKDOWN, NotifyFormat.MARKDOWN
+    return HTML, NotifyFormat.HTML
+
+
+class AppriseChannel:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        instance = _instantiate(target.url.reveal())
+        if instance is None:  # config validation makes this unreachable for loaded configs
+            raise ValueError(f"target {target.name}: Apprise cannot use this URL")
+        instance.request_rate_per_sec = 0
+        self.instance = instance
+        self.escape, self.body_format = _format_for(instance)
+        self._apprise = apprise.Apprise()
+        self._apprise.add(instance)
+        self.body_limit = max(1000, int(getattr(instance, "body_maxlen", 32768) or 32768))
+
+    async def aclose(self) -> None:
+        pass
+
+    def render(self, message: Message) -> tuple[str, str]:
+        if len(message.events) > 1:
+            title, body = render_digest(message.rule, message.events, self.escape)
+        else:
+            title, body = render(message.rule, message.events[0], self.escape)
+        if len(body) > self.body_limit:
+            body = body[: self.body_limit - len(_TRUNCATED)] + _TRUNCATED
+        return title[:200], body
+
+    async def send(self, message: Message) -> Outcome:
+        title, body = self.render(message)
+        result = await anyio.to_thread.run_sync(self._notify, title, body, limiter=_THREADS)
+        if result is None:
+            return Outcome(ok=True)
+        return Outcome(ok=False, error=result)
+
+    def _notify(self, title: str, body: str) -> str | None:
+        result = self._apprise.notify(body=body, title=title, body_format=self.body_format,
+                                      log_level=logging.WARNING)
+        if result:
+            return None
+        reasons = [entry.message for entry in result.logs() if entry.level in ("WARNING", "ERROR")]
+        service = private_url(self.target.url.reveal()).split("?", 1)[0]
+        reason = "; ".join(reasons[-3:]) or "Apprise reported a failure without a reason"
+        return redact(f"{service}: {reason}", self.target.secrets())[:500]

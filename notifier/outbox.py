@@ -1,0 +1,228 @@
+"""The outbox dispatcher: sends due deliveries, one worker per target.
+
+Deliveries are rows written in the same transaction as their events, so nothing is
+lost between detection and sending. Each target has its own worker, so a slow or
+failing target never delays another; within a target, attempts follow event order,
+and a row waiting in backoff does not hold back the rows behind it. Delivery is at
+least once: a crash between sending and recording resends, with the same event id.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from notifier.channels import Channel, Message, Outcome, make_channel
+from notifier.config import Config, Target
+from notifier.durations import format_duration
+from notifier.logs import kv, log
+from notifier.model import Event
+from notifier.store import AttemptRecord, Delivery, Store
+
+#: A worker with nothing due re-checks the store this often (rows re-queued by
+#: ``notifier redeliver`` in another process are picked up within this time).
+IDLE_CHECK = 5.0
+BATCH = 50
+
+
+def backoff(attempt: int, initial: float, maximum: float, jitter: float = 0.0) -> float:
+    """Delay before retry number ``attempt`` (1-based): doubling from ``initial`` up to
+    ``maximum``, spread by ``jitter`` in [-1, 1] (±20 %) so retries do not synchronise."""
+    base = min(maximum, initial * 2 ** min(attempt - 1, 40))
+    return min(maximum, base * (1 + 0.2 * jitter))
+
+
+def next_step(delivery: Delivery, target: Target, outcome: Outcome, at: float, jitter: float) -> AttemptRecord:
+    """Decide what an attempt's outcome means for its delivery: sent, retry when, or dead."""
+    if outcome.ok:
+        return AttemptRecord(at, "sent", outcome.status_code, None, 0.0)
+    if outcome.dead:
+        return AttemptRecord(at, "dead", outcome.status_code, outcome.error, 0.0)
+    first = delivery.first_attempt_at if delivery.first_attempt_at is not None else at
+    if at - first >= target.give_up_after:
+        error = f"{outcome.error}; gave up after {format_duration(at - first)}"
+        return AttemptRecord(at, "dead", outcome.status_code, error, 0.0)
+    delay = backoff(delivery.attempts + 1, target.retry_initial, target.retry_max, jitter)
+    if outcome.retry_after is not None:
+        delay = max(delay, outcome.retry_after)
+    return AttemptRecord(at, "failed", outcome.status_code, outcome.error, 0.0, at + delay)
+
+
+@dataclass
+class _Worker:
+    target: Target
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        on_attempt: Callable[[Delivery, AttemptRecord], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.on_attempt = on_attempt
+        self._workers: dict[str, _Worker] = {}
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._in_flight = 0
+        self._idle = anyio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run one worker per target until cancelled (see ``drain``)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.update(self.config)
+            await anyio.sleep_forever()
+
+    def update(self, config: Config) -> None:
+        """Apply a (re)loaded config: start, restart or stop workers as targets changed."""
+        self.config = config
+        if self._tg is None:
+            return
+        for name, worker in list(self._workers.items()):
+            if config.targets.get(name) != worker.target:
+                worker.scope.cancel()
+                del self._workers[name]
+        for name, target in config.targets.items():
+            if name not in self._workers:
+                worker = _Worker(target)
+                self._workers[name] = worker
+                self._tg.start_soon(self._run_worker, worker)
+
+    def wake(self, targets: Iterable[str] | None = None) -> None:
+        """New rows were committed: the named targets' workers look now, not at their next check."""
+        for name in self._workers if targets is None else targets:
+            worker = self._workers.get(name)
+            if worker is not None:
+                worker.wake.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking new rows; wait up to ``timeout`` for in-flight sends. True if all finished."""
+        self._stopping = True
+        self.wake()
+        with anyio.move_on_after(timeout):
+            while self._in_flight:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            return True
+        return False
+
+    async def pass_once(self) -> int:
+        """Send every delivery that is due now, once (``notifier once``); returns attempts made."""
+        made = 0
+
+        async def one_target(target: Target) -> None:
+            nonlocal made
+            made += await self._send_due(target, await self._channel(target))
+
+        async with anyio.create_task_group() as tg:
+            for target in self.config.targets.values():
+                tg.start_soon(one_target, target)
+        return made
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def _channel(self, target: Target) -> Channel:
+        return make_channel(target)
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        target = worker.target
+        channel = await self._channel(target)
+        try:
+            with worker.scope:
+                while not self._stopping:
+                    if await self._send_due(target, channel):
+                        continue
+                    next_due = await anyio.to_thread.run_sync(self.store.next_due, target.name)
+                    wait = IDLE_CHECK if next_due is None else min(IDLE_CHECK, max(0.0, next_due - self.clock()))
+                    with anyio.move_on_after(wait):
+                        await worker.wake.wait()
+                    worker.wake = anyio.Event()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.aclose()
+
+    async def _send_due(self, target: Target, channel: Channel) -> int:
+        batch = await anyio.to_thread.run_sync(self.store.due_deliveries, target.name, self.clock(), BATCH)
+        sent = 0
+        last_start = -math.inf
+        for delivery, events in batch:
+            if self._stopping:
+                break
+            pause = last_start + target.min_interval - time.monotonic()
+            if pause > 0:
+                await anyio.sleep(pause)
+            last_start = time.monotonic()
+            await self._attempt(target, channel, delivery, events)
+            sent += 1
+        return sent
+
+    async def _attempt(self, target: Target, channel: Channel, delivery: Delivery, events: list[Event]) -> None:
+        rule = next((r for r in self.config.rules if r.name == delivery.rule), None)
+        at = self.clock()
+        started = time.perf_counter()
+        self._in_flight += 1
+        try:
+            if not events:
+                outcome = Outcome(ok=False, dead=True, error="its events are no longer stored")
+            else:
+                try:
+                    outcome = await channel.send(Message(events=events, rule=rule, attempt_at=at))
+                except Exception as exc:  # a channel bug must not stop the worker
+                    log.exception("channel failed unexpectedly", extra=kv(target=target.name))
+                    outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+            latency = time.perf_counter() - started
+            step = next_step(delivery, target, outcome, at, random.uniform(-1, 1))
+            record = AttemptRecord(step.at, step.outcome, step.status_code, step.error, latency, step.next_attempt_at)
+            with anyio.CancelScope(shield=True):  # the send happened: always record it
+                await anyio.to_thread.run_sync(self.store.record_attempt, delivery, record)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+        self._log(target, delivery, record)
+        if self.on_attempt is not None:
+            self.on_attempt(delivery, record)
+
+    def _log(self, target: Target, delivery: Delivery, record: AttemptRecord) -> None:
+        context = kv(target=target.name, delivery=delivery.id, event_id=delivery.event_id,
+                     attempt=delivery.attempts + 1, status=record.status_code, error=record.error)
+        if record.outcome == "sent":
+            log.info("delivered", extra=context)
+        elif record.outcome == "dead":
+            log.error("delivery is dead (notifier redeliver re-queues it)", extra=context)
+        else:
+            retry = format_duration((record.next_attempt_at or record.at) - record.at)
+            log.warning(f"delivery failed; retrying in {retry}", extra=context)
+
+
+def send_test(target: Target, clock: Callable[[], float] = time.time) -> Outcome:
+    """``notifier test``: one clearly marked ``notifier.test`` message, no store involved."""
+    now = clock()
+    event = Event(
+        id=f"evt_test_{int(now * 1000)}", type="notifier.test", detected_at=now,
+        data={"message": "Test notification from bland-notifier: this target works."},
+    )
+
+    async def send() -> Outcome:
+        channel = make_channel(target)
+        try:
+            return await channel.send(Message(events=[event], rule=None, attempt_at=now))
+        finally:
+            await channel.aclose()
+
+    return anyio.run(send)
