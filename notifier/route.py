@@ -67,6 +67,9 @@ def parse_matcher(text: str) -> Matcher:
     if found is None:
         raise ValueError(f"{text!r} is not FIELD OP VALUE with OP one of =, !=, =~, !~")
     name, op, raw = found.groups()
+    if raw[:1] in ("=", "~", "!"):
+        raise ValueError(f"{text!r}: the value starts with {raw[0]!r} (a typo in the operator?); "
+                         "quote the value if it is meant")
     value = _unquote(raw)
     regex = None
     if op in ("=~", "!~"):

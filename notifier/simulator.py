@@ -158,6 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a killed daemon) is normal here, not news."""
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], shared: _Shared) -> None:

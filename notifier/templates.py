@@ -82,8 +82,9 @@ def shorten(value: Any, width: int = 80) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 _MENTION = re.compile(r"@(?=(everyone|here|channel)\b)", re.IGNORECASE)
-_SLACK_MARKUP = str.maketrans({"<": "‹", ">": "›", "*": "\u200b*\u200b", "_": "\u200b_\u200b",
-                               "~": "\u200b~\u200b", "`": "\u02cb"})
+# Look-alikes for Slack's control characters: the text reads the same, but can no
+# longer open a mention, a link or bold/italic/strike/code formatting.
+_SLACK_MARKUP = str.maketrans({"<": "‹", ">": "›", "*": "∗", "_": "ˍ", "~": "∼", "`": "ˋ"})
 
 
 def _escape_text(value: str) -> str:
@@ -96,9 +97,9 @@ def _escape_markdown(value: str) -> str:
 
 def _escape_slack(value: str) -> str:
     # Slack (and Apprise's Slack plugin) turn "<!channel>", "!here>" and "<url|text>"
-    # into pings and links even when & < > are entity-escaped, so the angle brackets of
-    # untrusted text become look-alikes; formatting marks are split with zero-width spaces.
-    return _escape_text(value).translate(_SLACK_MARKUP)
+    # into pings and links even when & < > are entity-escaped, and Apprise rewrites a
+    # markdown "[text](url)" into a Slack link: all of them are defused here.
+    return _escape_text(value).translate(_SLACK_MARKUP).replace("](", "]\u200b(")
 
 
 def _escape_html(value: str) -> str:

@@ -34,6 +34,7 @@ class _State:
     statuses: list[int] = field(default_factory=list)  # consumed first, then `status`
     headers: dict[str, str] = field(default_factory=dict)
     hang: float = 0.0
+    reply: bytes = b'{"ok":true}'
     lock: threading.Lock = field(default_factory=threading.Lock)
     now: float | None = None  # the consumer's clock for signature age checks
 
@@ -67,12 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.received.append(Received(self.path, headers, body, verified, error))
             status = state.statuses.pop(0) if state.statuses else state.status
-            hang, extra = state.hang, dict(state.headers)
+            hang, extra, payload = state.hang, dict(state.headers), state.reply
         if hang:
             time.sleep(hang)
         if verified is False:
             status = 401
-        payload = b'{"ok":true}'
         self.send_response(status)
         for name, value in extra.items():
             self.send_header(name, value)
@@ -84,6 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a killed daemon) is normal here, not news."""
 
     def __init__(self, state: _State) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -116,8 +119,9 @@ class Receiver:
             self.state.now = now
 
     def respond(self, status: int = 200, *, then: list[int] | None = None, headers: dict[str, str] | None = None,
-                hang: float = 0.0) -> None:
+                hang: float = 0.0, reply: bytes = b'{"ok":true}') -> None:
         with self.state.lock:
+            self.state.reply = reply
             self.state.status = status
             self.state.statuses = list(then or [])
             self.state.headers = dict(headers or {})
