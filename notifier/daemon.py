@@ -19,13 +19,17 @@ from anyio.abc import CancelScope
 from notifier.bland import BlandClient
 from notifier.config import Config, ConfigError, load_config
 from notifier.durations import format_duration
+from notifier.listener import Listener
 from notifier.logs import kv, log, register_secrets
+from notifier.metrics import Metrics
 from notifier.outbox import Dispatcher
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
 from notifier.store import Store
 
 DRAIN_TIMEOUT = 10.0
+#: Retention pruning runs this often, in small batches, off the poll path.
+PRUNE_EVERY = 600.0
 
 
 class Daemon:
@@ -46,7 +50,13 @@ class Daemon:
         self._busy_since: float | None = None
         self._poll_scope: CancelScope | None = None
         self.poller: Poller | None = None
-        self.dispatcher = Dispatcher(self.store, config, clock)
+        self.metrics = Metrics(state=lambda: self.poller.state if self.poller else None,
+                               queue=self.store.queue_stats, clock=clock)
+        self.dispatcher = Dispatcher(
+            self.store, config, clock,
+            on_attempt=lambda delivery, record: self.metrics.observe_attempt(delivery.target, record.outcome),
+        )
+        self.listener: Listener | None = None
 
     async def run(self, stop_requested: Callable[[], bool] = lambda: False) -> int:
         register_secrets(self.config.secrets())
@@ -55,8 +65,12 @@ class Daemon:
         source = self.config.source
         client = BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout))
         self.poller = Poller(self.config, self.store, client, state, self.clock)
+        if self.config.http is not None:
+            self.listener = Listener(self.config.http.listen, self.metrics, lambda: self.poller and self.poller.state)
+            self.listener.start()
         log.info("started", extra=kv(database=self.store.path, calls=len(state.calls),
-                                     interval=f"{self.config.poll_interval}s"))
+                                     interval=f"{self.config.poll_interval:g}s",
+                                     listen=self.listener.address if self.listener else None))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
@@ -64,6 +78,7 @@ class Daemon:
                 if stop_requested():
                     self._stop.set()
                 tg.start_soon(self.dispatcher.run)
+                tg.start_soon(self._prune_loop)
                 cycle = await self._cycle()
                 self.notify.ready(await self._status_line(cycle))
                 interval = watchdog_interval()
@@ -74,6 +89,8 @@ class Daemon:
                     log.warning("stopped with deliveries in flight; they are resent at the next start")
                 tg.cancel_scope.cancel()
         finally:
+            if self.listener is not None:
+                self.listener.stop()
             await client.aclose()
             self.store.close()
             self.notify.close()
@@ -88,8 +105,21 @@ class Daemon:
         finally:
             self._busy_since = None
         self.dispatcher.wake(cycle.targets)
+        self.metrics.observe_poll(cycle.ok, cycle.duration, cycle.events, cycle.skipped, cycle.at)
         self.notify.status(await self._status_line(cycle))
         return cycle
+
+    async def _prune_loop(self) -> None:
+        """Retention: drop old events and finished deliveries, a small batch at a time."""
+        while True:
+            before = self.clock() - float(self.config.storage.retention)
+            removed = 0
+            while batch := await anyio.to_thread.run_sync(self.store.prune, before):
+                removed += batch
+                await anyio.sleep(0.05)  # let polls and deliveries take the lock in between
+            if removed:
+                log.info("pruned old records", extra=kv(rows=removed))
+            await anyio.sleep(PRUNE_EVERY)
 
     async def _poll_loop(self) -> None:
         assert self.poller is not None
@@ -144,7 +174,8 @@ class Daemon:
 
     async def _status_line(self, cycle: Cycle) -> str:
         """systemd's STATUS=: what an operator wants from ``systemctl status``."""
-        depth, oldest = await anyio.to_thread.run_sync(self.store.queue_stats, self.clock())
+        depth, oldest_created = await anyio.to_thread.run_sync(self.store.queue_stats)
+        oldest = self.clock() - oldest_created if oldest_created is not None else 0.0
         health = "ok" if cycle.ok else f"failing ({self.poller.failures if self.poller else 0}x)"
         when = time.strftime("%H:%M:%S", time.localtime(self.clock()))
         queue = f"{depth} deliveries queued" + (f" (oldest {format_duration(oldest)})" if depth else "")

@@ -60,7 +60,9 @@ class Cycle:
     events: list[Event]
     targets: frozenset[str]  # targets that got new deliveries: their workers wake now
     calls: int
+    skipped: int
     duration: float
+    at: float
     error: PollError | None = None
 
 
@@ -125,8 +127,7 @@ class Poller:
         self._log(transition, observation, error)
         return Cycle(
             ok=error is None, events=events, targets=frozenset(p.target for p in planned),
-            calls=len(self.state.calls),
-            duration=duration, error=error,
+            calls=len(self.state.calls), skipped=record.skipped or 0, duration=duration, at=now, error=error,
         )
 
     async def _enrich(self, events: list[Event], timeout: float) -> list[Event]:

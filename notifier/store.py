@@ -432,13 +432,36 @@ class Store:
             ))
         return result.rowcount
 
-    def queue_stats(self, now: float) -> tuple[int, float]:
-        """(pending deliveries, age in seconds of the oldest one)."""
+    def queue_stats(self) -> tuple[int, float | None]:
+        """(pending deliveries, created_at of the oldest one)."""
         with self.engine.connect() as conn:
             depth, oldest = conn.execute(
                 select(func.count(), func.min(deliveries.c.created_at)).where(deliveries.c.status == "pending")
             ).one()
-        return int(depth), (now - oldest if oldest is not None else 0.0)
+        return int(depth), oldest
+
+    def prune(self, before: float, batch: int = 500) -> int:
+        """Delete one small batch of finished deliveries and of events older than ``before``
+        (never an event a pending delivery still needs). Returns rows deleted; call again
+        until it returns 0, so that no single transaction holds the lock for long."""
+        finished = (
+            select(deliveries.c.id)
+            .where(deliveries.c.status.in_(("sent", "dead")),
+                   func.coalesce(deliveries.c.finished_at, deliveries.c.created_at) < before)
+            .limit(batch)
+        )
+        still_needed = (
+            select(delivery_events.c.event_id)
+            .join(deliveries, deliveries.c.id == delivery_events.c.delivery_id)
+            .where(deliveries.c.status == "pending", delivery_events.c.event_id == events.c.id)
+        )
+        old_events = (
+            select(events.c.seq).where(events.c.detected_at < before, ~still_needed.exists()).limit(batch)
+        )
+        with self.transaction(durable=False) as conn:
+            removed = conn.execute(delete(deliveries).where(deliveries.c.id.in_(finished))).rowcount
+            removed += conn.execute(delete(events).where(events.c.seq.in_(old_events))).rowcount
+        return removed
 
     def count(self, table: Table) -> int:
         with self.engine.connect() as conn:

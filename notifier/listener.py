@@ -1,0 +1,81 @@
+"""The optional HTTP listener (``[http] listen``): ``/metrics`` and ``/healthz``.
+
+A small WSGI app on wsgiref in a background thread: scrapes and health checks never
+wait for the event loop, and a hung loop still answers (the watchdog handles that).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import msgspec
+from prometheus_client import make_wsgi_app
+
+from notifier.detect import DetectState
+from notifier.metrics import Metrics
+from notifier.model import iso
+
+
+def health(state: DetectState | None) -> tuple[int, dict[str, Any]]:
+    """SPEC: 200 while the source is reachable, 503 once it counts as unreachable."""
+    if state is None or not state.source.ever_succeeded and state.source.failures == 0:
+        return 200, {"status": "starting"}
+    src = state.source
+    body: dict[str, Any] = {
+        "status": "unreachable" if src.unreachable else ("degraded" if src.failures else "ok"),
+        "last_successful_poll": iso(src.last_success),
+        "consecutive_failures": src.failures,
+        "active_calls": len(state.calls),
+    }
+    if src.failures:
+        body["failing_since"] = iso(src.failing_since)
+        body["last_error"] = src.last_error
+    return (503 if src.unreachable else 200), body
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class Listener:
+    def __init__(self, listen: str, metrics: Metrics, state: Callable[[], DetectState | None]) -> None:
+        host, _, port = listen.rpartition(":")
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._state = state
+        self._server = make_server(host.strip("[]"), int(port), self._app, server_class=_Server,
+                                   handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http-listener", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)
+        if path == "/healthz":
+            status, body = health(self._state())
+            payload = msgspec.json.encode(body)
+            start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+            return [payload]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]

@@ -1,0 +1,84 @@
+"""Prometheus metrics, on a registry of our own (no process-global state in tests).
+
+Values that are cheap to read but costly to keep current on every poll (calls by
+status, queue age) are computed when Prometheus scrapes, not in the poll loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from notifier.detect import DetectState
+from notifier.model import Event
+
+POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _Live(Collector):
+    """Gauges read from the daemon's current state at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.metrics.state()
+        active = GaugeMetricFamily("notifier_active_calls", "Active calls by status, as last seen.",
+                                   labels=["status"])
+        counts = Tally(cs.call.status for cs in state.calls.values() if not cs.missing) if state else Tally()
+        for status in ("QUEUED", "IN_PROGRESS"):
+            counts.setdefault(status, 0)
+        for status, count in sorted(counts.items()):
+            active.add_metric([status], count)
+        yield active
+        depth, oldest_created = self.metrics.queue()
+        yield GaugeMetricFamily("notifier_delivery_queue_depth", "Deliveries waiting to be sent.", value=depth)
+        age = max(0.0, self.metrics.clock() - oldest_created) if depth and oldest_created else 0.0
+        yield GaugeMetricFamily("notifier_oldest_pending_delivery_seconds",
+                                "Age of the oldest delivery still pending.", value=age)
+        up = 0.0 if state is None or state.source.unreachable else 1.0
+        yield GaugeMetricFamily("notifier_source_up", "1 unless the Bland API counts as unreachable.", value=up)
+
+
+class Metrics:
+    def __init__(
+        self,
+        state: Callable[[], DetectState | None] = lambda: None,
+        queue: Callable[[], tuple[int, float | None]] = lambda: (0, None),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.state = state
+        self.queue = queue  # (pending deliveries, created_at of the oldest), read at scrape time
+        self.clock = clock
+        r = self.registry
+        self.polls = Counter("notifier_polls", "Polls of the Bland API by result.", ["result"], registry=r)
+        self.poll_duration = Histogram("notifier_poll_duration_seconds", "Duration of a whole poll cycle.",
+                                       buckets=POLL_BUCKETS, registry=r)
+        self.events = Counter("notifier_events", "Events detected, by type.", ["type"], registry=r)
+        self.deliveries = Counter("notifier_deliveries", "Delivery attempts by target and result "
+                                  "(sent, failed = will retry, dead).", ["target", "result"], registry=r)
+        self.skipped = Counter("notifier_skipped_entries", "Malformed API entries skipped.", registry=r)
+        self.last_success = Gauge("notifier_last_successful_poll_timestamp_seconds",
+                                  "Unix time of the last successful poll.", registry=r)
+        for result in ("ok", "failed"):
+            self.polls.labels(result)
+        r.register(_Live(self))
+
+    def observe_poll(self, ok: bool, duration: float, events: list[Event], skipped: int, at: float) -> None:
+        self.polls.labels("ok" if ok else "failed").inc()
+        self.poll_duration.observe(duration)
+        for event in events:
+            self.events.labels(event.type).inc()
+        if skipped:
+            self.skipped.inc(skipped)
+        if ok:
+            self.last_success.set(at)
+
+    def observe_attempt(self, target: str, result: str) -> None:
+        self.deliveries.labels(target, result).inc()
