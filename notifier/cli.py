@@ -56,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="send a test notification to one target")
     test.add_argument("target", help="a name from [targets]")
 
+    simulate = commands.add_parser("simulate", help="serve a simulated Bland API on 127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8765)
+    simulate.add_argument("--seed", type=int, default=None, help="same seed, same traffic")
+    simulate.add_argument("--api-key", help="key to accept (default: a random one, printed)")
+    simulate.add_argument("--org-id", help="org id to accept (default: a random one, printed)")
+    simulate.add_argument("--time-scale", type=float, default=1.0,
+                          help="multiply every wait and call duration (0.1 = ten times faster)")
+    simulate.add_argument("--error-rate", type=float, default=0.0, help="share of polls answered with an error")
+    simulate.add_argument("--latency", default="0s", help='added to every answer, e.g. "300ms"')
+    simulate.add_argument("--outage", metavar="AFTER:FOR", help='an outage window, e.g. "2m:90s"')
+
+    demo = commands.add_parser("demo", help="the daemon against the simulator, notifications in the terminal")
+    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--duration", default=None, help='stop by itself after this long, e.g. "30s"')
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_commands.add_parser("upgrade", help="apply migrations")
@@ -223,6 +238,46 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from notifier.simulator import BlandSimulator
+    from notifier.traffic import TrafficModel
+
+    try:
+        latency = parse_duration(args.latency)
+        outage = None
+        if args.outage:
+            after, _, length = args.outage.partition(":")
+            start = time.time() + parse_duration(after)
+            outage = (start, start + parse_duration(length))
+    except ValueError as exc:
+        print(f"notifier: simulate: {exc}", file=sys.stderr)
+        return 2
+    sim = BlandSimulator(args.port, api_key=args.api_key, org_id=args.org_id, seed=args.seed)
+    sim.drive(TrafficModel(args.seed, time_scale=args.time_scale))
+    sim.configure(latency=latency, error_rate=args.error_rate, outage=outage)
+    print(f"Simulated Bland API on {sim.base_url}\n\n"
+          f"[source]\nbase_url = \"{sim.base_url}\"\napi_key = \"{sim.api_key}\"\norg_id = \"{sim.org_id}\"\n\n"
+          "Ctrl-C stops it.", flush=True)
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from notifier.demo import run_demo
+
+    if args.log_level is None and "NOTIFIER_LOG_LEVEL" not in os.environ:
+        setup_logging("warning")  # the terminal is for the notifications
+    try:
+        duration = parse_duration(args.duration) if args.duration else None
+    except ValueError as exc:
+        print(f"notifier: demo: --duration: {exc}", file=sys.stderr)
+        return 2
+    return run_demo(seed=args.seed, duration=duration)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _open_store(config)
@@ -239,5 +294,7 @@ _HANDLERS: dict[str, Handler] = {
     "deliveries": cmd_deliveries,
     "redeliver": cmd_redeliver,
     "test": cmd_test,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
     "db upgrade": cmd_db_upgrade,
 }

@@ -140,12 +140,16 @@ class Daemon:
                     await self._reload()
                     continue
                 log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
-                self.notify.stopping()
-                self._stop.set()
-                self._wake.set()
-                if self._poll_scope is not None:
-                    self._poll_scope.cancel()  # an in-flight request; a commit runs to its end
+                self.stop()
                 return
+
+    def stop(self) -> None:
+        """Stop polling now; ``run`` then drains deliveries for a bounded time and returns."""
+        self.notify.stopping()
+        self._stop.set()
+        self._wake.set()
+        if self._poll_scope is not None:
+            self._poll_scope.cancel()  # an in-flight request; a commit runs to its end
 
     async def _reload(self) -> None:
         self.notify.reloading()

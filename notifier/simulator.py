@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from notifier.traffic import TrafficModel
+
 #: Kinds of scripted failure, as the tests name them.
 FAULTS = ("500", "503_html", "429", "timeout", "reset", "truncated", "html_200", "data_null",
           "wrong_shape", "401")
@@ -241,6 +243,19 @@ class BlandSimulator:
         """Called under the lock before each answer (the traffic model advances here)."""
         with self.shared.lock:
             self.shared.tick = tick
+
+    def drive(self, model: TrafficModel, clock: Callable[[], float] = time.time) -> None:
+        """Answer from a traffic model, advanced to ``clock()`` on every request."""
+        shared = self.shared
+
+        def tick() -> None:  # runs with shared.lock held
+            now = clock()
+            model.tick(now)
+            shared.calls = model.active(now)
+            shared.details.update(model.ended)
+            model.ended.clear()
+
+        self.set_tick(tick)
 
     @property
     def requests(self) -> list[tuple[str, dict[str, str]]]:

@@ -28,7 +28,8 @@ DEFAULT_TITLES = {
     "call.status_changed": "Call to {{ call.to }}: {{ event.previous_status }} → {{ call.status }}",
     "call.stuck_queued": "Call to {{ call.to }} stuck in queue for {{ event.queued_for_seconds | duration }}",
     "call.long_running": "Call to {{ call.to }} running for {{ event.in_progress_for_seconds | duration }}",
-    "call.disappeared": "Call to {{ call.to }} ended ({{ event.last_status }})",
+    "call.disappeared": "Call to {{ call.to }} ended"
+    "{% if not event.was_started %} without ever starting{% endif %}",
     "source.unreachable": "Bland API unreachable since {{ event.since }}",
     "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
     "notifier.test": "bland-notifier test notification",

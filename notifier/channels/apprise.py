@@ -13,13 +13,19 @@ import logging
 
 import anyio
 import apprise
-from apprise import NotifyFormat
+from apprise import NotifyFormat, NotifyType
 
 from notifier.channels import Message, Outcome
 from notifier.config import Target
 from notifier.secret import MASK, redact
 from notifier.templates import HTML, MARKDOWN, SLACK, TEXT, render, render_digest
 
+#: How each event type looks (Slack's colour bar, the console's colour).
+_NOTIFY_TYPES = {
+    "call.started": NotifyType.SUCCESS, "source.recovered": NotifyType.SUCCESS,
+    "call.stuck_queued": NotifyType.WARNING, "call.long_running": NotifyType.WARNING,
+    "source.unreachable": NotifyType.FAILURE,
+}
 #: Worker threads Apprise sends may occupy at once, across all targets.
 _THREADS = anyio.CapacityLimiter(8)
 _TRUNCATED = "\n… (truncated)"
@@ -89,13 +95,15 @@ class AppriseChannel:
 
     async def send(self, message: Message) -> Outcome:
         title, body = self.render(message)
-        result = await anyio.to_thread.run_sync(self._notify, title, body, limiter=_THREADS)
+        types = {_NOTIFY_TYPES.get(e.type, NotifyType.INFO) for e in message.events}
+        kind = next(iter(types)) if len(types) == 1 else NotifyType.INFO
+        result = await anyio.to_thread.run_sync(self._notify, title, body, kind, limiter=_THREADS)
         if result is None:
             return Outcome(ok=True)
         return Outcome(ok=False, error=result)
 
-    def _notify(self, title: str, body: str) -> str | None:
-        result = self._apprise.notify(body=body, title=title, body_format=self.body_format,
+    def _notify(self, title: str, body: str, kind: NotifyType) -> str | None:
+        result = self._apprise.notify(body=body, title=title, notify_type=kind, body_format=self.body_format,
                                       log_level=logging.WARNING)
         if result:
             return None
