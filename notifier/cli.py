@@ -14,6 +14,7 @@ import msgspec
 from notifier import __version__
 from notifier.config import EX_CONFIG, Config, ConfigError, load_config, resolve_path
 from notifier.durations import parse_duration
+from notifier.listener import ListenerError
 from notifier.logs import LEVELS, log, register_secrets, setup_logging
 from notifier.model import EVENT_TYPES, Event, iso
 from notifier.store import Store, StoreError
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"notifier: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
-    except StoreError as exc:
+    except (StoreError, ListenerError) as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -37,6 +37,10 @@ def health(state: DetectState | None) -> tuple[int, dict[str, Any]]:
     return (503 if src.unreachable else 200), body
 
 
+class ListenerError(Exception):
+    """The listener cannot start (address in use, no permission); said plainly."""
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -51,8 +55,11 @@ class Listener:
         host, _, port = listen.rpartition(":")
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._state = state
-        self._server = make_server(host.strip("[]"), int(port), self._app, server_class=_Server,
-                                   handler_class=_QuietHandler)
+        try:
+            self._server = make_server(host.strip("[]"), int(port), self._app, server_class=_Server,
+                                       handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ListenerError(f"http.listen: cannot listen on {listen}: {exc.strerror}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-listener", daemon=True)
 
     @property

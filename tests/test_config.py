@@ -172,3 +172,22 @@ def test_config_path_resolution_order(tmp_path: Path) -> None:
     assert run_cli(["check"], {**env, "NOTIFIER_CONFIG": str(other)}, tmp_path).returncode == 0
     assert run_cli(["--config", str(tmp_path / "notifier.toml"), "check"],
                    {**env, "NOTIFIER_CONFIG": str(other)}, tmp_path).returncode == 78
+
+
+def test_the_example_config_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "rules.example.toml"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    values = {
+        "bland_api_key": "sk-example-key", "bland_org_id": "org-example",
+        "slack_tokens": "T1AAAAAAA/B2BBBBBBB/C3CCCCCCCCCCCCCCCCCCCCCC", "smtp_password": "smtp-pass-123",
+        "crm_webhook_secret": WHSEC, "pagerduty_integration_key": "integration0123456789abcdef0123456",
+        "pagerduty_api_key": "apikey0123456789",
+    }
+    for name, value in values.items():
+        (creds / name).write_text(value + "\n")
+    result = run_cli(["check", str(example)], cli_env(None, tmp_path, CREDENTIALS_DIRECTORY=str(creds)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "4" == str(result.stdout.count(" -> "))
+    for value in values.values():
+        assert value not in result.stdout + result.stderr

@@ -259,3 +259,14 @@ def test_secrets_never_printed(tmp_path: Path, sim: BlandSimulator) -> None:
         for secret in (api_key, url_token, smtp_password, SECRET, SECRET.removeprefix("whsec_")):
             for text in outputs + [dump]:
                 assert secret not in text  # ...without a single secret
+
+
+def test_a_busy_listen_address_is_a_clear_error(tmp_path: Path, sim: BlandSimulator) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        write_config(tmp_path, sim, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        result = run_cli(["run"], cli_env(sim, tmp_path), tmp_path)
+    assert result.returncode == 1
+    assert f"http.listen: cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
