@@ -131,6 +131,9 @@ class Rule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_types", frozenset(self.event_types))
 
+    def listens_to(self, event_type: str) -> bool:
+        return event_type in self._types
+
     def fits(self, event_type: str, fields: Mapping[str, str]) -> bool:
         return event_type in self._types and all(m.matches(fields) for m in self.matchers)
 
@@ -199,10 +202,14 @@ class Route:
 
 def route(event: Event, rules: Sequence[Rule]) -> list[Route]:
     """Every fitting rule fires; an event reaches each target at most once (first rule wins)."""
-    fields = event_fields(event)
+    fields: dict[str, str] = {}
     routes: list[Route] = []
     taken: set[str] = set()
     for rule in rules:
+        if not rule.listens_to(event.type):
+            continue
+        if rule.matchers and not fields:
+            fields = event_fields(event)  # only built when some rule has to look
         if rule.fits(event.type, fields):
             for target in rule.targets:
                 if target not in taken:

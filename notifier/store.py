@@ -36,7 +36,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from notifier.detect import DetectState, Transition
@@ -270,59 +269,48 @@ class Store:
         """Persist one poll whole: state, events, their deliveries and the poll log."""
         state = transition.state
         with self.transaction() as conn:
+            # The hot path of a poll: plain DB-API executemany, no per-row SQL building.
             if transition.changed:
-                upsert = sqlite_insert(calls)
-                conn.execute(
-                    upsert.on_conflict_do_update(
-                        index_elements=[calls.c.call_id],
-                        set_={"status": upsert.excluded.status, "state": upsert.excluded.state},
-                    ),
-                    [
-                        {"call_id": cs.call.call_id, "status": cs.call.status,
-                         "state": _call_state_encoder.encode(cs)}
-                        for cs in transition.changed
-                    ],
+                conn.exec_driver_sql(
+                    "INSERT INTO calls (call_id, status, state) VALUES (?, ?, ?) "
+                    "ON CONFLICT (call_id) DO UPDATE SET status = excluded.status, state = excluded.state",
+                    [(cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs)) for cs in transition.changed],
                 )
             if transition.removed:
-                for chunk in _chunks(transition.removed, 500):
-                    conn.execute(delete(calls).where(calls.c.call_id.in_(chunk)))
+                conn.exec_driver_sql("DELETE FROM calls WHERE call_id = ?", [(cid,) for cid in transition.removed])
             if transition.events:
-                conn.execute(insert(events), [_event_row(e) for e in transition.events])
+                conn.exec_driver_sql(
+                    "INSERT INTO events (id, type, call_id, detected_at, data) VALUES (?, ?, ?, ?, ?)",
+                    [(e.id, e.type, e.call_id, e.detected_at, _json.encode(e.data)) for e in transition.events],
+                )
             if planned:
                 self._insert_deliveries(conn, planned, poll.at)
-            meta_upsert = sqlite_insert(meta)
-            conn.execute(
-                meta_upsert.on_conflict_do_update(
-                    index_elements=[meta.c.key], set_={"value": meta_upsert.excluded.value}
-                ),
-                [
-                    {"key": "source", "value": _json.encode(state.source)},
-                    {"key": "next_seq", "value": str(state.next_seq).encode()},
-                    {"key": "timers", "value": _json.encode(state.timers)},
-                ],
+            conn.exec_driver_sql(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [("source", _json.encode(state.source)), ("next_seq", str(state.next_seq).encode()),
+                 ("timers", _json.encode(state.timers))],
             )
-            result = conn.execute(
-                insert(polls).values(
-                    at=poll.at, duration=poll.duration, ok=poll.ok, calls=poll.calls,
-                    skipped=poll.skipped, events=len(transition.events), error=poll.error,
-                )
+            result = conn.exec_driver_sql(
+                "INSERT INTO polls (at, duration, ok, calls, skipped, events, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (poll.at, poll.duration, poll.ok, poll.calls, poll.skipped, len(transition.events), poll.error),
             )
-            poll_id = result.inserted_primary_key[0]
+            poll_id = result.lastrowid
             if poll_id % 100 == 0:
                 conn.execute(delete(polls).where(polls.c.id <= poll_id - POLL_LOG_KEEP))
 
     def _insert_deliveries(self, conn: Connection, planned: Sequence[PlannedDelivery], now: float) -> None:
-        for plan in planned:
-            delivery_id = conn.execute(
-                insert(deliveries).values(
-                    event_id=plan.event_ids[0], event_count=len(plan.event_ids), target=plan.target,
-                    rule=plan.rule, status="pending", attempts=0, created_at=now, next_attempt_at=now,
-                )
-            ).inserted_primary_key[0]
-            conn.execute(
-                insert(delivery_events),
-                [{"delivery_id": delivery_id, "event_id": eid} for eid in plan.event_ids],
-            )
+        # Ids are assigned here (the write lock is held) so that both tables take one
+        # executemany each, however many deliveries a burst of events causes.
+        first = conn.exec_driver_sql("SELECT coalesce(max(id), 0) + 1 FROM deliveries").scalar_one()
+        rows, links = [], []
+        for offset, plan in enumerate(planned):
+            delivery_id = first + offset
+            rows.append((delivery_id, plan.event_ids[0], len(plan.event_ids), plan.target, plan.rule, now, now))
+            links.extend((delivery_id, event_id) for event_id in plan.event_ids)
+        conn.exec_driver_sql(
+            "INSERT INTO deliveries (id, event_id, event_count, target, rule, status, attempts, created_at, "
+            "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)", rows)
+        conn.exec_driver_sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)", links)
 
     # -- queries for the CLI ------------------------------------------------------------
 
@@ -468,13 +456,6 @@ class Store:
             return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def _event_row(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id, "type": event.type, "call_id": event.call_id,
-        "detected_at": event.detected_at, "data": _json.encode(event.data),
-    }
-
-
 def _row_event(row: Any) -> Event:
     return Event(id=row.id, type=row.type, detected_at=row.detected_at,
                  data=msgspec.json.decode(row.data), call_id=row.call_id)
@@ -487,8 +468,3 @@ def _row_delivery(row: Any) -> Delivery:
         next_attempt_at=row.next_attempt_at, first_attempt_at=row.first_attempt_at,
         finished_at=row.finished_at, last_error=row.last_error,
     )
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

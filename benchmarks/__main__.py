@@ -1,0 +1,414 @@
+"""``python -m benchmarks [--quick] [--output BENCHMARKS.md]``: every figure in one run.
+
+CPU times are process CPU seconds (``time.process_time``), reported as ratios to
+``json.loads`` of the same body measured in the same run, because this machine is
+shared and noisy: absolute milliseconds drift, ratios much less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import Column, MetaData, String, Table, Text, create_engine
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from benchmarks.bodies import Campaign
+from benchmarks.server import API_KEY, ORG_ID, BenchServer
+from notifier.bland import ActiveCallsDecoder, BlandClient
+from notifier.detect import DetectSettings, DetectState, detect
+from notifier.outbox import Dispatcher
+from notifier.config import load_config
+from notifier.route import compile_rule, plan_deliveries
+from notifier.secret import Secret
+from notifier.store import PollRecord, Store
+
+RULES = (compile_rule(name="crm", events=["call.*"], match=[], targets=["crm"]),)
+SETTINGS = DetectSettings(stuck_queued_after=120, long_running_after=0)
+
+
+def cpu(fn: Callable[[], Any]) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "mean": statistics.fmean(values), "median": statistics.median(values),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "stdev": statistics.pstdev(values),
+    }
+
+
+class Pipeline:
+    """The daemon's poll cycle minus the network: decode, detect, route, persist."""
+
+    def __init__(self, directory: str) -> None:
+        self.store = Store("sqlite:///bench.db", {"STATE_DIRECTORY": directory})
+        self.store.upgrade()
+        self.state: DetectState = self.store.load_state()
+        self.decoder = ActiveCallsDecoder()
+        self.now = 1_800_000_000.0
+
+    def poll(self, body: bytes) -> None:
+        self.commit(self.decoder.decode(body))
+
+    def commit(self, snapshot: Any) -> None:
+        self.now += 5
+        transition = detect(self.state, snapshot, self.now, SETTINGS)
+        planned = plan_deliveries(transition.events, RULES, frozenset())
+        self.store.commit_poll(transition, planned, PollRecord(self.now, 0.0, True, len(snapshot.calls)))
+        self.state = transition.state
+
+
+class Naive:
+    """The straightforward way: json.loads, compare dicts, upsert every row every poll."""
+
+    def __init__(self, directory: str) -> None:
+        self.engine = create_engine(f"sqlite:///{directory}/naive.db")
+        meta = MetaData()
+        self.table = Table("calls", meta, Column("call_id", String, primary_key=True), Column("data", Text))
+        meta.create_all(self.engine)
+        self.previous: dict[str, dict[str, str]] = {}
+
+    def poll(self, body: bytes) -> None:
+        calls = {c["call_id"]: c for c in json.loads(body)["data"]}
+        _changed = [cid for cid, c in calls.items() if self.previous.get(cid) != c]
+        stmt = sqlite_insert(self.table)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["call_id"], set_={"data": stmt.excluded.data}),
+                         [{"call_id": cid, "data": json.dumps(c)} for cid, c in calls.items()])
+        self.previous = calls
+
+
+def bench_cycle(size: int, polls: int, steady_polls: int) -> dict[str, Any]:
+    campaign = Campaign(size)
+    bodies = []
+    for _ in range(polls + 1):
+        bodies.append(campaign.body())
+        campaign.step()
+    with tempfile.TemporaryDirectory() as directory:
+        pipeline, naive = Pipeline(directory), Naive(directory)
+        pipeline.poll(bodies[0])  # the first poll builds the baseline; not what a daemon pays each time
+        naive.poll(bodies[0])
+        loads, cycle, naive_cycle = [], [], []
+        for body in bodies[1:]:
+            loads.append(cpu(lambda: json.loads(body)))  # noqa: B023
+            cycle.append(cpu(lambda: pipeline.poll(body)))  # noqa: B023
+            naive_cycle.append(cpu(lambda: naive.poll(body)))  # noqa: B023
+        steady_body = bodies[-1]
+        pipeline.poll(steady_body)
+        steady, steady_loads = [], []
+        for _ in range(steady_polls):
+            steady_loads.append(cpu(lambda: json.loads(steady_body)))
+            steady.append(cpu(lambda: pipeline.poll(steady_body)))
+        pipeline.store.close()
+    base = statistics.fmean(loads)
+    return {
+        "size": size, "bytes_per_call": len(bodies[0]) / size, "loads": summary(loads),
+        "cycle": summary(cycle), "steady": summary(steady), "naive": summary(naive_cycle),
+        "ratio_mean": statistics.fmean(cycle) / base, "ratio_p95": summary(cycle)["p95"] / base,
+        "steady_ratio": statistics.fmean(steady) / statistics.fmean(steady_loads),
+        "naive_ratio": statistics.fmean(naive_cycle) / base,
+    }
+
+
+def bench_http(size: int, polls: int) -> dict[str, Any]:
+    """The same cycle through the real client against a loopback server in another process."""
+    server = BenchServer(size)
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            pipeline = Pipeline(directory)
+
+            async def main() -> tuple[list[float], list[float]]:
+                async with BlandClient(server.base_url, Secret(API_KEY), Secret(ORG_ID), 60) as client:
+                    pipeline.commit(await client.fetch_active())
+                    cycles, loads = [], []
+                    for _ in range(polls):
+                        start = time.process_time()
+                        snapshot = await client.fetch_active()
+                        pipeline.commit(snapshot)
+                        cycles.append(time.process_time() - start)
+                    body = Campaign(size).body()
+                    loads = [cpu(lambda: json.loads(body)) for _ in range(polls)]
+                    return cycles, loads
+
+            cycles, loads = anyio.run(main)
+            pipeline.store.close()
+    finally:
+        server.stop()
+    return {"size": size, "cycle": summary(cycles), "ratio_mean": statistics.fmean(cycles) / statistics.fmean(loads)}
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Daemon:
+    """``notifier run`` as a subprocess against a benchmark server."""
+
+    def __init__(self, directory: str, base_url: str, interval: str, extra: str = "") -> None:
+        self.directory = directory
+        Path(directory, "notifier.toml").write_text(
+            f'[source]\nbase_url = "{base_url}"\napi_key = "{API_KEY}"\norg_id = "{ORG_ID}"\n'
+            f'poll_interval = "{interval}"\ntimeout = "30s"\n[storage]\nurl = "sqlite:///notifier.db"\n' + extra)
+        env = {**os.environ, "STATE_DIRECTORY": directory, "NOTIFIER_LOG_LEVEL": "warning"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "notifier", "run"], cwd=directory, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def polls(self) -> int:
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{self.directory}/notifier.db?mode=ro", uri=True) as conn:
+                return conn.execute("SELECT count(*) FROM polls WHERE ok").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    def wait_polls(self, count: int, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.polls() < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("daemon did not poll as expected")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def bench_daemon_cpu(size: int, polls: int, loads_mean: float) -> dict[str, Any]:
+    server = BenchServer(size)
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            daemon = Daemon(directory, server.base_url, "200ms")
+            daemon.wait_polls(3)
+            start_cpu, start_polls = _proc_cpu(daemon.proc.pid), daemon.polls()
+            daemon.wait_polls(start_polls + polls)
+            used, done = _proc_cpu(daemon.proc.pid) - start_cpu, daemon.polls() - start_polls
+            hwm = _proc_hwm_mb(daemon.proc.pid)
+            daemon.stop()
+    finally:
+        server.stop()
+    per_poll = used / done
+    return {"size": size, "cpu_per_poll": per_poll, "ratio": per_poll / loads_mean, "peak_rss_mb": hwm}
+
+
+def bench_idle(size: int, seconds: float) -> dict[str, Any]:
+    server = BenchServer(size, steady=True)
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            daemon = Daemon(directory, server.base_url, "5s")
+            daemon.wait_polls(2)
+            start = _proc_cpu(daemon.proc.pid)
+            time.sleep(seconds)
+            used = _proc_cpu(daemon.proc.pid) - start
+            daemon.stop()
+    finally:
+        server.stop()
+    return {"size": size, "seconds": seconds, "core_share": used / seconds}
+
+
+class _Receiver:
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.count = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                call = body["data"].get("call") or {}
+                owner.arrivals.setdefault(call.get("call_id", ""), time.monotonic())
+                owner.count += 1
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def bench_delivery(count: int) -> dict[str, Any]:
+    receiver = _Receiver()
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory, "notifier.toml")
+            path.write_text(f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{directory}/d.db"\n'
+                            f'[targets.crm]\nurl = "{receiver.url}"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n'
+                            '[[rules]]\nname = "all"\nevents = ["call.*"]\ntargets = ["crm"]\n')
+            config = load_config(path, {})
+            pipeline = Pipeline(directory)
+            pipeline.store.close()
+            store = Store(config.storage.url)
+            store.upgrade()
+            state = store.load_state()
+            calls = Campaign(count).body()
+            snapshot = ActiveCallsDecoder().decode(calls)
+            now = time.time()
+            t = detect(state, snapshot, now, DetectSettings(announce_existing=True, stuck_queued_after=0))
+            events = [e for e in t.events if e.type == "call.appeared"]
+            store.commit_poll(t, plan_deliveries(events, config.rules, frozenset()), PollRecord(now, 0, True))
+            dispatcher = Dispatcher(store, config)
+            start = time.perf_counter()
+
+            async def main() -> None:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(dispatcher.run)
+                    while receiver.count < count:
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()
+
+            anyio.run(main)
+            elapsed = time.perf_counter() - start
+            store.close()
+    finally:
+        receiver.stop()
+    return {"count": count, "seconds": elapsed, "per_second": count / elapsed}
+
+
+def bench_latency(samples: int, interval: float) -> dict[str, Any]:
+    receiver = _Receiver()
+    server = BenchServer(1000, steady=True)
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            daemon = Daemon(directory, server.base_url, f"{int(interval * 1000)}ms",
+                            f'[targets.crm]\nurl = "{receiver.url}"\n'
+                            '[[rules]]\nname = "new"\nevents = ["call.appeared"]\ntargets = ["crm"]\n')
+            daemon.wait_polls(2)
+            latencies = []
+            for index in range(samples):
+                time.sleep(0.05 + (index * 0.618 % 1) * interval)  # spread over the poll phase
+                call_id = f"latency-{index}"
+                injected = time.monotonic()
+                server.add_call(call_id)
+                while call_id not in receiver.arrivals:
+                    time.sleep(0.002)
+                latencies.append(receiver.arrivals[call_id] - injected)
+            daemon.stop()
+    finally:
+        server.stop()
+        receiver.stop()
+    ordered = sorted(latencies)
+    return {"interval": interval, "p50": statistics.median(latencies),
+            "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], "samples": samples}
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.1f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmarks", "",
+        f"One run of `python -m benchmarks` on {results['machine']}, {results['date']}.",
+        "CPU figures are process CPU time; ratios are against `json.loads` of the same body in the same run.",
+        "Bodies: Bland-like entries with a ~300-character objective; each poll 1 % of calls arrive, 1 % leave and "
+        "1 % go QUEUED -> IN_PROGRESS.", "",
+        "## Poll cycle (decode + detect + route + persist, no network)", "",
+        "| calls | bytes/call | json.loads ms (mean) | cycle ms mean / median / p95 (stdev) | cycle / json.loads (mean) | p95 / json.loads mean | steady state / json.loads | naive / json.loads |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["cycle"]:
+        c = r["cycle"]
+        lines.append(
+            f"| {r['size']:,} | {r['bytes_per_call']:.0f} | {ms(r['loads']['mean'])} | "
+            f"{ms(c['mean'])} / {ms(c['median'])} / {ms(c['p95'])} ({ms(c['stdev'])}) | **{r['ratio_mean']:.2f}x** | "
+            f"{r['ratio_p95']:.2f}x | {r['steady_ratio']:.2f}x | {r['naive_ratio']:.2f}x |")
+    lines += ["", "## Through the real HTTP client (loopback server in another process)", "",
+              "| calls | client CPU ms per poll mean / p95 | / json.loads |", "|---|---|---|"]
+    for r in results["http"]:
+        lines.append(f"| {r['size']:,} | {ms(r['cycle']['mean'])} / {ms(r['cycle']['p95'])} | {r['ratio_mean']:.2f}x |")
+    if "daemon" in results:
+        d, idle, dl, lat = results["daemon"], results["idle"], results["delivery"], results["latency"]
+        rss = results.get("rss")
+        lines += [
+            "", "## The daemon as a process", "",
+            "| figure | measured | target |", "|---|---|---|",
+            f"| whole-process CPU per poll at {d['size']:,} calls (HTTP included) | {ms(d['cpu_per_poll'])} ms = "
+            f"**{d['ratio']:.2f}x** json.loads | <= 1.2x |",
+            f"| peak RSS at {rss['size']:,} calls | **{rss['peak_rss_mb']:.0f} MB** | < 300 MB |" if rss else "",
+            f"| {dl['count']:,} webhooks to a loopback receiver | **{dl['seconds']:.2f} s** ({dl['per_second']:.0f}/s) | < 5 s |",
+            f"| detection -> webhook received at a {lat['interval'] * 1000:.0f} ms interval | p50 {ms(lat['p50'])} ms, "
+            f"**p99 {ms(lat['p99'])} ms** ({lat['samples']} samples) | p99 <= {ms(lat['interval'] + 0.15)} ms |",
+            f"| idle CPU, {idle['size']:,} steady calls, 5 s interval, {idle['seconds']:.0f} s | "
+            f"**{idle['core_share'] * 100:.2f} %** of a core | < 1 % |",
+        ]
+    return "\n".join(line for line in lines if line != "") .replace("\n## ", "\n\n## ").replace("|\n\n|", "|\n|") + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="small N only, no daemon runs (a smoke test)")
+    parser.add_argument("--output", default=None, help="write the Markdown report here (e.g. BENCHMARKS.md)")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    sizes = [(1000, 5, 3)] if args.quick else [(1000, 30, 15), (10_000, 20, 10), (100_000, 8, 4)]
+    results["cycle"] = []
+    for size, polls, steady in sizes:
+        print(f"cycle at {size:,} calls...", file=sys.stderr, flush=True)
+        results["cycle"].append(bench_cycle(size, polls, steady))
+    results["http"] = [bench_http(1000 if args.quick else 10_000, 3 if args.quick else 15)]
+    if not args.quick:
+        loads_10k = next(r for r in results["cycle"] if r["size"] == 10_000)["loads"]["mean"]
+        print("daemon CPU per poll...", file=sys.stderr, flush=True)
+        results["daemon"] = bench_daemon_cpu(10_000, 25, loads_10k)
+        print("peak RSS at 100k...", file=sys.stderr, flush=True)
+        results["rss"] = bench_daemon_cpu(100_000, 4, next(r for r in results["cycle"] if r["size"] == 100_000)["loads"]["mean"])
+        print("delivery throughput...", file=sys.stderr, flush=True)
+        results["delivery"] = bench_delivery(1000)
+        print("detection latency...", file=sys.stderr, flush=True)
+        results["latency"] = bench_latency(40, 0.25)
+        print("idle CPU (60 s)...", file=sys.stderr, flush=True)
+        results["idle"] = bench_idle(1000, 60)
+    text = report(results)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
