@@ -17,7 +17,7 @@ API_KEY = "bench-key"
 ORG_ID = "bench-org"
 
 
-def _serve(size: int, steady: bool, port_out: Any, changes: Any) -> None:
+def _serve(size: int, steady: bool, port_out: Any) -> None:
     campaign = Campaign(size)
     lock = threading.Lock()
     state = {"body": campaign.body(), "version": 0}
@@ -34,16 +34,20 @@ def _serve(size: int, steady: bool, port_out: Any, changes: Any) -> None:
                 if not steady:
                     campaign.step()
                     state["body"] = campaign.body()
-                while not changes.empty():  # the latency benchmark injects calls
-                    call_id = changes.get()
-                    campaign.add_named(call_id)
-                    state["body"] = campaign.body()
                 body = state["body"]
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802  (POST /calls/<id>: a call arrives upstream now)
+            with lock:
+                campaign.add_named(self.path.rsplit("/", 1)[1])
+                state["body"] = campaign.body()
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port_out.put(server.server_address[1])
@@ -54,8 +58,7 @@ class BenchServer:
     def __init__(self, size: int, steady: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
         ports = context.Queue()
-        self.changes = context.Queue()
-        self.process = context.Process(target=_serve, args=(size, steady, ports, self.changes), daemon=True)
+        self.process = context.Process(target=_serve, args=(size, steady, ports), daemon=True)
         self.process.start()
         self.port = ports.get(timeout=120)
 
@@ -64,7 +67,10 @@ class BenchServer:
         return f"http://127.0.0.1:{self.port}"
 
     def add_call(self, call_id: str) -> None:
-        self.changes.put(call_id)
+        """Returns once the call is in the list the API answers with."""
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.base_url}/calls/{call_id}", method="POST")).read()
 
     def stop(self) -> None:
         self.process.terminate()

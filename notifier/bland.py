@@ -44,16 +44,20 @@ _any_decoder = msgspec.json.Decoder()
 
 
 class ActiveCallsDecoder:
-    """Decodes successive ``/v1/calls/active`` bodies, cheaply.
+    """Decodes successive ``/v1/calls/active`` bodies, cheaply in time and memory.
 
-    Between two polls almost every entry is byte-for-byte the same, so each entry's
-    raw bytes key the ``Call`` decoded from them at the previous poll: only new or
-    changed entries are decoded, and unchanged calls are the very same objects, which
-    lets detection skip them with an identity check.
+    Between two polls almost every entry is byte-for-byte the same, so a 64-bit hash
+    of each entry's bytes keys the ``Call`` decoded from them at the previous poll:
+    only new or changed entries are decoded, and unchanged calls are the very same
+    objects, which lets detection skip them with an identity check. (Two different
+    entries sharing Python's keyed 64-bit hash is a ~1e-9 event per poll at 100k
+    calls.) Text that campaigns repeat in every entry (objective, caller number,
+    pathway) is stored once.
     """
 
     def __init__(self) -> None:
-        self._previous: dict[bytes, Call] = {}
+        self._previous: dict[int, Call] = {}
+        self._shared: dict[str, str] = {}
 
     def decode(self, body: bytes) -> Snapshot:
         """Raise ``PollError`` unless the body is the documented shape."""
@@ -67,15 +71,26 @@ class ActiveCallsDecoder:
             detail = f" (errors: {_short(envelope.errors)})" if envelope.errors else ""
             raise PollError(f"answer has no call list (data is null or missing){detail}")
         raws = envelope.data
-        keys = [bytes(raw) for raw in raws]  # comprehensions: this runs 10k+ times a poll
+        keys = [hash(bytes(raw)) for raw in raws]  # comprehensions: this runs 10k+ times a poll
         found = list(map(self._previous.get, keys))
         for index, call in enumerate(found):
             if call is None:
-                found[index] = _decode_entry(raws[index])
+                found[index] = self._share(_decode_entry(raws[index]))
         calls = {call.call_id: call for call in found if call is not None}
         self._previous = {key: call for key, call in zip(keys, found) if call is not None}
+        if len(self._shared) > 4 * len(calls) + 1000:
+            self._shared = {}  # bounded: values no call uses any more are let go
         skipped = len(raws) - len(calls)  # malformed entries and duplicate call_ids
         return Snapshot(calls=calls, skipped=skipped)
+
+    def _share(self, call: Call | None) -> Call | None:
+        if call is None:
+            return None
+        shared = self._shared.setdefault
+        return msgspec.structs.replace(
+            call, user_id=shared(call.user_id, call.user_id), from_=shared(call.from_, call.from_),
+            objective=shared(call.objective, call.objective), pathway_id=shared(call.pathway_id, call.pathway_id),
+        )
 
 
 def decode_active_calls(body: bytes) -> Snapshot:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.channels import Channel, Message, Outcome, make_channel
 from notifier.config import Config, Target
@@ -145,9 +146,13 @@ class Dispatcher:
         try:
             with worker.scope:
                 while not self._stopping:
-                    if await self._send_due(target, channel):
-                        continue
-                    next_due = await anyio.to_thread.run_sync(self.store.next_due, target.name)
+                    try:
+                        if await self._send_due(target, channel):
+                            continue
+                        next_due = await anyio.to_thread.run_sync(self.store.next_due, target.name)
+                    except SQLAlchemyError as exc:  # a locked or full disk: wait, then try again
+                        log.error("outbox unavailable", extra=kv(target=target.name, error=str(exc)))
+                        next_due = None
                     wait = IDLE_CHECK if next_due is None else min(IDLE_CHECK, max(0.0, next_due - self.clock()))
                     with anyio.move_on_after(wait):
                         await worker.wake.wait()

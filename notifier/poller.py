@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import anyio
 import msgspec
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.bland import BlandClient, PollError
 from notifier.config import Config
@@ -121,7 +122,15 @@ class Poller:
             skipped=observation.skipped if isinstance(observation, Snapshot) else None,
             error=error.reason if error else None,
         )
-        await anyio.to_thread.run_sync(self.store.commit_poll, transition, planned, record)
+        try:
+            await anyio.to_thread.run_sync(self.store.commit_poll, transition, planned, record)
+        except SQLAlchemyError as exc:
+            # Nothing of this poll was kept: the state stays where it was, so the next
+            # poll detects the same transitions again (with the same event ids).
+            log.error("could not record the poll; its changes are picked up by the next one",
+                      extra=kv(error=str(getattr(exc, "orig", None) or exc)))
+            return Cycle(ok=False, events=[], targets=frozenset(), calls=len(self.state.calls), skipped=0,
+                         duration=duration, at=now, error=PollError("could not record the poll"))
         self.state = transition.state
         self.last_error = error
         self._log(transition, observation, error)

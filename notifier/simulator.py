@@ -66,6 +66,7 @@ class _Shared:
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     latency: float = 0.0
+    details_latency: float = 0.0
     error_rate: float = 0.0
     outage: tuple[float, float] | None = None  # (start, end) in time.time()
     tick: Callable[[], None] | None = None
@@ -89,6 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
             if shared.tick is not None:
                 shared.tick()
             latency = shared.latency
+            if self.path.startswith("/v1/calls/") and self.path.rstrip("/") != "/v1/calls/active":
+                latency += shared.details_latency
         if latency:
             time.sleep(latency)
         if self.headers.get("authorization") != shared.api_key or self.headers.get("x-bland-org-id") != shared.org_id:
@@ -229,11 +232,13 @@ class BlandSimulator:
         with self.shared.lock:
             self.shared.faults.extend(Fault(kind, retry_after, delay) for _ in range(count))
 
-    def configure(self, *, latency: float | None = None, error_rate: float | None = None,
-                  outage: tuple[float, float] | None = None) -> None:
+    def configure(self, *, latency: float | None = None, details_latency: float | None = None,
+                  error_rate: float | None = None, outage: tuple[float, float] | None = None) -> None:
         with self.shared.lock:
             if latency is not None:
                 self.shared.latency = latency
+            if details_latency is not None:
+                self.shared.details_latency = details_latency
             if error_rate is not None:
                 self.shared.error_rate = error_rate
             if outage is not None:

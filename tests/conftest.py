@@ -42,6 +42,13 @@ def write_config(directory: Path, sim: BlandSimulator | None, body: str = "", *,
     return path
 
 
+def announce_to(url: str, *, events: str = '"call.appeared"', secret: str | None = None, extra: str = "") -> str:
+    """Config text: announce existing calls, and send the given events to webhook ``crm``."""
+    signed = f'secret = "{secret}"\n' if secret else ""
+    return (f'[detect]\nannounce_existing = true\n[targets.crm]\nurl = "{url}"\n{signed}{extra}'
+            f'[[rules]]\nname = "all"\nevents = [{events}]\ntargets = ["crm"]\n')
+
+
 def cli_env(sim: BlandSimulator | None, directory: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG", "NOTIFIER_"))}
     env.update(TEST_BLAND_KEY=sim.api_key if sim else "key", STATE_DIRECTORY=str(directory))

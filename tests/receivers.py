@@ -49,7 +49,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         state = self.server.state
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        length = int(self.headers.get("content-length", "0"))
+        body = self.rfile.read(length)
+        if len(body) < length:  # the sender died mid-request: nothing was delivered
+            self.close_connection = True
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         verified, error = None, None
         if state.secret is not None:

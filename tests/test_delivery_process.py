@@ -7,7 +7,7 @@ from pathlib import Path
 
 from notifier.simulator import BlandSimulator, wire_call
 from notifier.store import Store
-from tests.conftest import DaemonProcess, cli_env, wait_for, write_config
+from tests.conftest import DaemonProcess, announce_to, cli_env, wait_for, write_config
 from tests.receivers import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -24,17 +24,7 @@ def stored_event_ids(directory: Path) -> list[str]:
 def test_sigkill_during_a_burst_loses_nothing(tmp_path: Path, sim: BlandSimulator) -> None:
     with Receiver(SECRET) as rx:
         rx.respond(200, hang=0.004)
-        write_config(tmp_path, sim, f"""
-            [detect]
-            announce_existing = true
-            [targets.crm]
-            url = "{rx.url}"
-            secret = "{SECRET}"
-            [[rules]]
-            name = "all"
-            events = ["call.appeared"]
-            targets = ["crm"]
-            """)
+        write_config(tmp_path, sim, announce_to(rx.url, secret=SECRET))
         env = cli_env(sim, tmp_path)
         sim.set_calls([wire_call(f"burst-{i}") for i in range(500)])
         kills = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.simulator import BlandSimulator, wire_call
-from tests.conftest import DaemonProcess, cli_env, run_cli, wait_for, write_config
+from tests.conftest import DaemonProcess, announce_to, cli_env, run_cli, wait_for, write_config
 from tests.receivers import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -137,18 +137,7 @@ def get(url: str) -> tuple[int, bytes]:
 def test_healthz_flips_during_an_outage_and_metrics_count(tmp_path: Path, sim: BlandSimulator) -> None:
     port = free_port()
     with Receiver() as rx:
-        write_config(tmp_path, sim, f"""
-            [detect]
-            announce_existing = true
-            [http]
-            listen = "127.0.0.1:{port}"
-            [targets.crm]
-            url = "{rx.url}"
-            [[rules]]
-            name = "all"
-            events = ["*"]
-            targets = ["crm"]
-            """)
+        write_config(tmp_path, sim, f'[http]\nlisten = "127.0.0.1:{port}"\n' + announce_to(rx.url, events='"*"'))
         sim.set_calls([wire_call("a"), wire_call("b", "IN_PROGRESS")])
         daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
         base = f"http://127.0.0.1:{port}"
@@ -189,16 +178,7 @@ def test_sigterm_during_a_delivery_burst_stops_in_bounded_time_and_loses_nothing
 ) -> None:
     with Receiver() as rx:
         rx.respond(200, hang=0.05)
-        write_config(tmp_path, sim, f"""
-            [detect]
-            announce_existing = true
-            [targets.crm]
-            url = "{rx.url}"
-            [[rules]]
-            name = "all"
-            events = ["call.appeared"]
-            targets = ["crm"]
-            """)
+        write_config(tmp_path, sim, announce_to(rx.url))
         env = cli_env(sim, tmp_path)
         sim.set_calls([wire_call(f"c{i}") for i in range(300)])
         daemon = DaemonProcess(tmp_path, env)
