@@ -59,6 +59,7 @@ class Daemon:
         self._wake = anyio.Event()
         self._busy_since: float | None = None
         self._poll_scope: CancelScope | None = None
+        self._between_polls = anyio.Lock()  # a reload swaps config and client only here
         self.poller: Poller | None = None
         self.metrics = Metrics(state=lambda: self.poller.state if self.poller else None,
                                queue=self.store.queue_stats, clock=clock)
@@ -74,16 +75,15 @@ class Daemon:
         await anyio.to_thread.run_sync(self.store.upgrade)
         state = await anyio.to_thread.run_sync(self.store.load_state)
         gc.freeze()  # the loaded state lives long: keep it out of every future collection
-        source = self.config.source
-        client = BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout))
-        self.poller = Poller(self.config, self.store, client, state, self.clock)
-        if self.config.http is not None:
-            self.listener = Listener(self.config.http.listen, self.metrics, lambda: self.poller and self.poller.state)
-            self.listener.start()
-        log.info("started", extra=kv(database=self.store.path, calls=len(state.calls),
-                                     interval=f"{self.config.poll_interval:g}s",
-                                     listen=self.listener.address if self.listener else None))
+        self.poller = Poller(self.config, self.store, _client(self.config), state, self.clock)
         try:
+            if self.config.http is not None:
+                self.listener = Listener(self.config.http.listen, self.metrics,
+                                         lambda: self.poller and self.poller.state)
+                self.listener.start()
+            log.info("started", extra=kv(database=self.store.path, calls=len(state.calls),
+                                         interval=f"{self.config.poll_interval:g}s",
+                                         listen=self.listener.address if self.listener else None))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
                 await anyio.sleep(0)  # let the signal receiver take over from early_signals
@@ -104,7 +104,7 @@ class Daemon:
         finally:
             if self.listener is not None:
                 self.listener.stop()
-            await client.aclose()
+            await self.poller.client.aclose()
             self.store.close()
             self.notify.close()
         log.info("stopped")
@@ -114,7 +114,8 @@ class Daemon:
         assert self.poller is not None
         self._busy_since = time.monotonic()
         try:
-            cycle = await self.poller.poll()
+            async with self._between_polls:
+                cycle = await self.poller.poll()
         finally:
             self._busy_since = None
         self.dispatcher.wake(cycle.targets)
@@ -178,13 +179,23 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload failed; still running on the previous config", extra=kv(reason=str(exc)))
         else:
-            self.config = new
-            register_secrets(new.secrets())
-            if self.poller is not None:
-                self.poller.config = new
-            self.dispatcher.update(new)
-            log.info("reloaded", extra=kv(rules=len(new.rules), targets=len(new.targets)))
+            async with self._between_polls:
+                await self._apply(new)
         self.notify.ready()
+
+    async def _apply(self, new: Config) -> None:
+        """Swap in a validated config; called between polls only."""
+        old, self.config = self.config, new
+        register_secrets(old.secrets() + new.secrets())  # in-flight work may still quote old ones
+        if self.poller is not None:
+            if new.source != old.source:  # new key, org or URL: a new client
+                previous, self.poller.client = self.poller.client, _client(new)
+                await previous.aclose()
+            self.poller.config = new
+        self.dispatcher.update(new)
+        if new.http != old.http:
+            log.warning("[http] changes take effect at the next restart")
+        log.info("reloaded", extra=kv(rules=len(new.rules), targets=len(new.targets)))
 
     async def _watchdog(self, interval: float) -> None:
         stall_limit = 2 * float(self.config.source.timeout) + DETAILS_BUDGET + 30.0
@@ -202,6 +213,11 @@ class Daemon:
         when = time.strftime("%H:%M:%S", time.localtime(self.clock()))
         queue = f"{depth} deliveries queued" + (f" (oldest {format_duration(oldest)})" if depth else "")
         return f"{cycle.calls} active calls; last poll {when} {health}; {queue}"
+
+
+def _client(config: Config) -> BlandClient:
+    source = config.source
+    return BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout))
 
 
 @contextmanager
@@ -228,8 +244,7 @@ async def _once(config: Config, env: Mapping[str, str]) -> int:
     try:
         await anyio.to_thread.run_sync(store.upgrade)
         state = await anyio.to_thread.run_sync(store.load_state)
-        source = config.source
-        async with BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout)) as client:
+        async with _client(config) as client:
             cycle = await Poller(config, store, client, state).poll()
         await Dispatcher(store, config).pass_once()
     finally:

@@ -250,3 +250,22 @@ def test_a_busy_listen_address_is_a_clear_error(tmp_path: Path, sim: BlandSimula
         result = run_cli(["run"], cli_env(sim, tmp_path), tmp_path)
     assert result.returncode == 1
     assert f"http.listen: cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reload_with_new_credentials_builds_a_new_client(tmp_path: Path, sim: BlandSimulator) -> None:
+    config = write_config(tmp_path, sim)
+    config.write_text(config.read_text().replace('api_key = "${TEST_BLAND_KEY}"', 'api_key = "wrong-key-1"'))
+    sim.set_calls([wire_call("a")])
+    daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
+    try:
+        wait_for(lambda: "credentials" in daemon.log)
+        config.write_text(config.read_text().replace('api_key = "wrong-key-1"', 'api_key = "${TEST_BLAND_KEY}"'))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in daemon.log)
+        count = len(sim.requests)
+        wait_for(lambda: len(sim.requests) > count + 2)
+        assert all(headers["authorization"] == sim.api_key for _, headers in sim.requests[count + 1:])
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
