@@ -29,9 +29,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from benchmarks.bodies import Campaign
 from benchmarks.server import API_KEY, ORG_ID, BenchServer
 from notifier.bland import ActiveCallsDecoder, BlandClient
-from notifier.detect import DetectSettings, DetectState, detect
 from notifier.config import load_config
 from notifier.daemon import tune_gc
+from notifier.detect import DetectSettings, DetectState, detect
 from notifier.outbox import Dispatcher
 from notifier.route import compile_rule, plan_deliveries
 from notifier.secret import Secret
@@ -52,7 +52,8 @@ def cpu(fn: Callable[[], Any]) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
-        "mean": statistics.fmean(values), "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
         "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
         "stdev": statistics.pstdev(values),
     }
@@ -99,8 +100,10 @@ class Naive:
         _changed = [cid for cid, c in calls.items() if self.previous.get(cid) != c]
         stmt = sqlite_insert(self.table)
         with self.engine.begin() as conn:
-            conn.execute(stmt.on_conflict_do_update(index_elements=["call_id"], set_={"data": stmt.excluded.data}),
-                         [{"call_id": cid, "data": json.dumps(c)} for cid, c in calls.items()])
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=["call_id"], set_={"data": stmt.excluded.data}),
+                [{"call_id": cid, "data": json.dumps(c)} for cid, c in calls.items()],
+            )
         self.previous = calls
 
 
@@ -130,9 +133,14 @@ def bench_cycle(size: int, polls: int, steady_polls: int) -> dict[str, Any]:
         pipeline.store.close()
     base = statistics.fmean(loads)
     return {
-        "size": size, "bytes_per_call": len(bodies[0]) / size, "loads": summary(loads),
-        "cycle": summary(cycle), "steady": summary(steady), "naive": summary(naive_cycle),
-        "ratio_mean": statistics.fmean(cycle) / base, "ratio_p95": summary(cycle)["p95"] / base,
+        "size": size,
+        "bytes_per_call": len(bodies[0]) / size,
+        "loads": summary(loads),
+        "cycle": summary(cycle),
+        "steady": summary(steady),
+        "naive": summary(naive_cycle),
+        "ratio_mean": statistics.fmean(cycle) / base,
+        "ratio_p95": summary(cycle)["p95"] / base,
         "steady_ratio": statistics.fmean(steady) / statistics.fmean(steady_loads),
         "naive_ratio": statistics.fmean(naive_cycle) / base,
         "checkpoint_ratio": sum(checkpoints) / len(cycle) / base,
@@ -185,10 +193,16 @@ class Daemon:
         self.directory = directory
         Path(directory, "notifier.toml").write_text(
             f'[source]\nbase_url = "{base_url}"\napi_key = "{API_KEY}"\norg_id = "{ORG_ID}"\n'
-            f'poll_interval = "{interval}"\ntimeout = "30s"\n[storage]\nurl = "sqlite:///notifier.db"\n' + extra)
+            f'poll_interval = "{interval}"\ntimeout = "30s"\n[storage]\nurl = "sqlite:///notifier.db"\n' + extra
+        )
         env = {**os.environ, "STATE_DIRECTORY": directory, "NOTIFIER_LOG_LEVEL": "warning"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "notifier", "run"], cwd=directory, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "run"],
+            cwd=directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def polls(self) -> int:
         import sqlite3
@@ -282,9 +296,11 @@ def bench_delivery(count: int) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory, "notifier.toml")
-            path.write_text(f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{directory}/d.db"\n'
-                            f'[targets.crm]\nurl = "{receiver.url}"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n'
-                            '[[rules]]\nname = "all"\nevents = ["call.*"]\ntargets = ["crm"]\n')
+            path.write_text(
+                f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{directory}/d.db"\n'
+                f'[targets.crm]\nurl = "{receiver.url}"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n'
+                '[[rules]]\nname = "all"\nevents = ["call.*"]\ntargets = ["crm"]\n'
+            )
             config = load_config(path, {})
             pipeline = Pipeline(directory)
             pipeline.store.close()
@@ -320,9 +336,13 @@ def bench_latency(samples: int, interval: float) -> dict[str, Any]:
     server = BenchServer(1000, steady=True)
     try:
         with tempfile.TemporaryDirectory() as directory:
-            daemon = Daemon(directory, server.base_url, f"{int(interval * 1000)}ms",
-                            f'[targets.crm]\nurl = "{receiver.url}"\n'
-                            '[[rules]]\nname = "new"\nevents = ["call.appeared"]\ntargets = ["crm"]\n')
+            daemon = Daemon(
+                directory,
+                server.base_url,
+                f"{int(interval * 1000)}ms",
+                f'[targets.crm]\nurl = "{receiver.url}"\n'
+                '[[rules]]\nname = "new"\nevents = ["call.appeared"]\ntargets = ["crm"]\n',
+            )
             daemon.wait_polls(2)
             latencies = []
             for index in range(samples):
@@ -338,14 +358,26 @@ def bench_latency(samples: int, interval: float) -> dict[str, Any]:
         server.stop()
         receiver.stop()
     ordered = sorted(latencies)
-    return {"interval": interval, "p50": statistics.median(latencies),
-            "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], "samples": samples}
+    return {
+        "interval": interval,
+        "p50": statistics.median(latencies),
+        "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+        "samples": samples,
+    }
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return (
+        f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def ms(value: float) -> str:
@@ -354,13 +386,18 @@ def ms(value: float) -> str:
 
 def report(results: dict[str, Any]) -> str:
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"One run of `python -m benchmarks` on {results['machine']}, {results['date']}.",
         "CPU figures are process CPU time; ratios are against `json.loads` of the same body in the same run.",
         "Bodies: Bland-like entries with a ~300-character objective; each poll 1 % of calls arrive, 1 % leave and "
-        "1 % go QUEUED -> IN_PROGRESS.", "",
-        "## Poll cycle (decode + detect + route + persist, no network)", "",
-        "| calls | bytes/call | json.loads ms (mean) | cycle ms mean / median / p95 (stdev) | cycle / json.loads (mean) | p95 / json.loads mean | steady state / json.loads | WAL checkpoint per poll (off the poll path) / json.loads | naive / json.loads |",
+        "1 % go QUEUED -> IN_PROGRESS.",
+        "",
+        "## Poll cycle (decode + detect + route + persist, no network)",
+        "",
+        "| calls | bytes/call | json.loads ms (mean) | cycle ms mean / median / p95 (stdev) "
+        "| cycle / json.loads (mean) | p95 / json.loads mean | steady state / json.loads "
+        "| WAL checkpoint per poll (off the poll path) / json.loads | naive / json.loads |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["cycle"]:
@@ -368,27 +405,38 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"| {r['size']:,} | {r['bytes_per_call']:.0f} | {ms(r['loads']['mean'])} | "
             f"{ms(c['mean'])} / {ms(c['median'])} / {ms(c['p95'])} ({ms(c['stdev'])}) | **{r['ratio_mean']:.2f}x** | "
-            f"{r['ratio_p95']:.2f}x | {r['steady_ratio']:.2f}x | {r['checkpoint_ratio']:.2f}x | {r['naive_ratio']:.2f}x |")
-    lines += ["", "## Through the real HTTP client (loopback server in another process)", "",
-              "| calls | client CPU ms per poll mean / p95 | / json.loads |", "|---|---|---|"]
+            f"{r['ratio_p95']:.2f}x | {r['steady_ratio']:.2f}x | {r['checkpoint_ratio']:.2f}x | "
+            f"{r['naive_ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        "## Through the real HTTP client (loopback server in another process)",
+        "",
+        "| calls | client CPU ms per poll mean / p95 | / json.loads |",
+        "|---|---|---|",
+    ]
     for r in results["http"]:
         lines.append(f"| {r['size']:,} | {ms(r['cycle']['mean'])} / {ms(r['cycle']['p95'])} | {r['ratio_mean']:.2f}x |")
     if "daemon" in results:
         d, idle, dl, lat = results["daemon"], results["idle"], results["delivery"], results["latency"]
         rss = results.get("rss")
         lines += [
-            "", "## The daemon as a process", "",
-            "| figure | measured | target |", "|---|---|---|",
+            "",
+            "## The daemon as a process",
+            "",
+            "| figure | measured | target |",
+            "|---|---|---|",
             f"| whole-process CPU per poll at {d['size']:,} calls (HTTP included) | {ms(d['cpu_per_poll'])} ms = "
             f"**{d['ratio']:.2f}x** json.loads | <= 1.2x |",
             f"| peak RSS at {rss['size']:,} calls | **{rss['peak_rss_mb']:.0f} MB** | < 300 MB |" if rss else "",
-            f"| {dl['count']:,} webhooks to a loopback receiver | **{dl['seconds']:.2f} s** ({dl['per_second']:.0f}/s) | < 5 s |",
+            f"| {dl['count']:,} webhooks to a loopback receiver | **{dl['seconds']:.2f} s** "
+            f"({dl['per_second']:.0f}/s) | < 5 s |",
             f"| detection -> webhook received at a {lat['interval'] * 1000:.0f} ms interval | p50 {ms(lat['p50'])} ms, "
             f"**p99 {ms(lat['p99'])} ms** ({lat['samples']} samples) | p99 <= {ms(lat['interval'] + 0.15)} ms |",
             f"| idle CPU, {idle['size']:,} steady calls, 5 s interval, {idle['seconds']:.0f} s | "
             f"**{idle['core_share'] * 100:.2f} %** of a core | < 1 % |",
         ]
-    return "\n".join(line for line in lines if line != "") .replace("\n## ", "\n\n## ").replace("|\n\n|", "|\n|") + "\n"
+    return "\n".join(line for line in lines if line != "").replace("\n## ", "\n\n## ").replace("|\n\n|", "|\n|") + "\n"
 
 
 def main() -> None:
@@ -408,7 +456,9 @@ def main() -> None:
         print("daemon CPU per poll...", file=sys.stderr, flush=True)
         results["daemon"] = bench_daemon_cpu(10_000, 25, loads_10k)
         print("peak RSS at 100k...", file=sys.stderr, flush=True)
-        results["rss"] = bench_daemon_cpu(100_000, 4, next(r for r in results["cycle"] if r["size"] == 100_000)["loads"]["mean"])
+        results["rss"] = bench_daemon_cpu(
+            100_000, 4, next(r for r in results["cycle"] if r["size"] == 100_000)["loads"]["mean"]
+        )
         print("delivery throughput...", file=sys.stderr, flush=True)
         results["delivery"] = bench_delivery(1000)
         print("detection latency...", file=sys.stderr, flush=True)

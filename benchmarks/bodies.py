@@ -6,10 +6,12 @@ import json
 import random
 from dataclasses import dataclass, field
 
-OBJECTIVE = ("You are calling on behalf of Northwind Dental to confirm tomorrow's appointment. "
-             "Greet the patient by name, confirm the time, offer to reschedule if needed, and "
-             "remind them to bring their insurance card. Be brief and friendly; if voicemail, "
-             "leave a short message with the callback number.")  # ~300 characters
+OBJECTIVE = (
+    "You are calling on behalf of Northwind Dental to confirm tomorrow's appointment. "
+    "Greet the patient by name, confirm the time, offer to reschedule if needed, and "
+    "remind them to bring their insurance card. Be brief and friendly; if voicemail, "
+    "leave a short message with the callback number."
+)  # ~300 characters
 
 
 @dataclass
@@ -34,11 +36,16 @@ class Campaign:
         if call_id is None:
             call_id = f"{self.rng.getrandbits(64):016x}-{self.counter:08d}-4000-8000-{self.rng.getrandbits(48):012x}"
         self.calls[call_id] = {
-            "call_id": call_id, "user_id": "7f3c0a5e-user", "from": "+14155550100",
-            "to": f"+1310{self.rng.randint(1000000, 9999999)}", "objective": OBJECTIVE,
+            "call_id": call_id,
+            "user_id": "7f3c0a5e-user",
+            "from": "+14155550100",
+            "to": f"+1310{self.rng.randint(1000000, 9999999)}",
+            "objective": OBJECTIVE,
             "pathway_id": "3b1f8a52-2c5e-4b0f-9a8e-6f1d2c3b4a5e",
             "start_time": "2027-01-15T08:00:12.000Z" if status == "IN_PROGRESS" else "",
-            "international": "false", "status": status, "timestamp": str(self.t0_ms),
+            "international": "false",
+            "status": status,
+            "timestamp": str(self.t0_ms),
         }
 
     def add_named(self, call_id: str) -> None:

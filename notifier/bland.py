@@ -77,7 +77,7 @@ class ActiveCallsDecoder:
             if call is None:
                 found[index] = self._share(_decode_entry(raws[index]))
         calls = {call.call_id: call for call in found if call is not None}
-        self._previous = {key: call for key, call in zip(keys, found) if call is not None}
+        self._previous = {key: call for key, call in zip(keys, found, strict=False) if call is not None}
         if len(self._shared) > 4 * len(calls) + 1000:
             self._shared = {}  # bounded: values no call uses any more are let go
         skipped = len(raws) - len(calls)  # malformed entries and duplicate call_ids
@@ -88,8 +88,11 @@ class ActiveCallsDecoder:
             return None
         shared = self._shared.setdefault
         return msgspec.structs.replace(
-            call, user_id=shared(call.user_id, call.user_id), from_=shared(call.from_, call.from_),
-            objective=shared(call.objective, call.objective), pathway_id=shared(call.pathway_id, call.pathway_id),
+            call,
+            user_id=shared(call.user_id, call.user_id),
+            from_=shared(call.from_, call.from_),
+            objective=shared(call.objective, call.objective),
+            pathway_id=shared(call.pathway_id, call.pathway_id),
         )
 
 
@@ -112,8 +115,18 @@ def _decode_entry(raw: msgspec.Raw) -> Call | None:
     return call if call.call_id else None
 
 
-_WIRE_NAMES = ("call_id", "user_id", "from", "to", "objective", "pathway_id", "start_time",
-               "international", "status", "timestamp")
+_WIRE_NAMES = (
+    "call_id",
+    "user_id",
+    "from",
+    "to",
+    "objective",
+    "pathway_id",
+    "start_time",
+    "international",
+    "status",
+    "timestamp",
+)
 
 
 def _as_text(value: Any) -> str:
@@ -216,8 +229,7 @@ class BlandClient:
             return response
         if status in (401, 403):
             raise PollError(
-                f"GET {path}: HTTP {status}: Bland rejected the credentials; check "
-                "source.api_key and source.org_id",
+                f"GET {path}: HTTP {status}: Bland rejected the credentials; check source.api_key and source.org_id",
                 auth=True,
             )
         retry_after = None

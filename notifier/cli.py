@@ -25,10 +25,12 @@ Handler = Callable[[argparse.Namespace], int]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier", description="Watch Bland AI's active calls and notify.")
     parser.add_argument("--version", action="version", version=f"bland-notifier {__version__}")
-    parser.add_argument("--config", metavar="PATH", help="config file (default: $NOTIFIER_CONFIG, "
-                        "./notifier.toml, /etc/bland-notifier/notifier.toml)")
-    parser.add_argument("--log-level", choices=LEVELS, default=None,
-                        help="default: $NOTIFIER_LOG_LEVEL or info")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $NOTIFIER_CONFIG, ./notifier.toml, /etc/bland-notifier/notifier.toml)",
+    )
+    parser.add_argument("--log-level", choices=LEVELS, default=None, help="default: $NOTIFIER_LOG_LEVEL or info")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("run", help="the daemon: poll, detect, route, deliver until SIGTERM")
@@ -38,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("events", help="list recorded events")
     ev.add_argument("--since", metavar="DURATION", help='only events newer than this, e.g. "1h"')
-    ev.add_argument("--type", action="append", default=[], metavar="TYPE",
-                    help="event type (repeatable; call.* allowed)")
+    ev.add_argument(
+        "--type", action="append", default=[], metavar="TYPE", help="event type (repeatable; call.* allowed)"
+    )
     ev.add_argument("--call-id", metavar="ID")
     ev.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
@@ -62,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=None, help="same seed, same traffic")
     simulate.add_argument("--api-key", help="key to accept (default: a random one, printed)")
     simulate.add_argument("--org-id", help="org id to accept (default: a random one, printed)")
-    simulate.add_argument("--time-scale", type=float, default=1.0,
-                          help="multiply every wait and call duration (0.1 = ten times faster)")
+    simulate.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiply every wait and call duration (0.1 = ten times faster)"
+    )
     simulate.add_argument("--error-rate", type=float, default=0.0, help="share of polls answered with an error")
     simulate.add_argument("--latency", default="0s", help='added to every answer, e.g. "300ms"')
     simulate.add_argument("--outage", metavar="AFTER:FOR", help='an outage window, e.g. "2m:90s"')
@@ -178,16 +182,20 @@ def _expand_types(patterns: list[str]) -> list[str] | None:
     for pattern in (p for arg in patterns for p in arg.split(",") if p):
         hits = [t for t in EVENT_TYPES if fnmatch.fnmatchcase(t, pattern)]
         if not hits:
-            print(f"notifier: --type {pattern!r} matches no event type ({', '.join(EVENT_TYPES)})",
-                  file=sys.stderr)
+            print(f"notifier: --type {pattern!r} matches no event type ({', '.join(EVENT_TYPES)})", file=sys.stderr)
             return None
         types.extend(hits)
     return types
 
 
 def _event_json(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "type": event.type, "detected_at": iso(event.detected_at),
-            "call_id": event.call_id, "data": event.data}
+    return {
+        "id": event.id,
+        "type": event.type,
+        "detected_at": iso(event.detected_at),
+        "call_id": event.call_id,
+        "data": event.data,
+    }
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
@@ -197,12 +205,22 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        rows = [{
-            "id": d.id, "event_id": d.event_id, "events": d.event_count, "target": d.target, "rule": d.rule,
-            "status": d.status, "attempts": d.attempts, "created_at": iso(d.created_at),
-            "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
-            "finished_at": iso(d.finished_at), "last_error": d.last_error,
-        } for d in found]
+        rows = [
+            {
+                "id": d.id,
+                "event_id": d.event_id,
+                "events": d.event_count,
+                "target": d.target,
+                "rule": d.rule,
+                "status": d.status,
+                "attempts": d.attempts,
+                "created_at": iso(d.created_at),
+                "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+                "finished_at": iso(d.finished_at),
+                "last_error": d.last_error,
+            }
+            for d in found
+        ]
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
         return 0
     for d in found:
@@ -256,9 +274,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     sim = BlandSimulator(args.port, api_key=args.api_key, org_id=args.org_id, seed=args.seed)
     sim.drive(TrafficModel(args.seed, time_scale=args.time_scale))
     sim.configure(latency=latency, error_rate=args.error_rate, outage=outage)
-    print(f"Simulated Bland API on {sim.base_url}\n\n"
-          f"[source]\nbase_url = \"{sim.base_url}\"\napi_key = \"{sim.api_key}\"\norg_id = \"{sim.org_id}\"\n\n"
-          "Ctrl-C stops it.", flush=True)
+    print(
+        f"Simulated Bland API on {sim.base_url}\n\n"
+        f'[source]\nbase_url = "{sim.base_url}"\napi_key = "{sim.api_key}"\norg_id = "{sim.org_id}"\n\n'
+        "Ctrl-C stops it.",
+        flush=True,
+    )
     try:
         sim.serve_forever()
     except KeyboardInterrupt:

@@ -280,8 +280,13 @@ def _validate(schema: _File, path: Path) -> Config:
                 raise fail(f"{key}.targets[{t_index}]", f"unknown target {target!r} (targets: {known})")
         try:
             compiled = compile_rule(
-                name=rule.name, events=rule.events, match=rule.match, targets=rule.targets,
-                title=rule.title, body=rule.body, digest_after=rule.digest_after,
+                name=rule.name,
+                events=rule.events,
+                match=rule.match,
+                targets=rule.targets,
+                title=rule.title,
+                body=rule.body,
+                digest_after=rule.digest_after,
             )
         except RuleError as exc:
             raise fail(f"{key}.{exc.key}", exc.reason) from None
@@ -296,8 +301,13 @@ def _validate(schema: _File, path: Path) -> Config:
         unreachable_after=float(source.unreachable_after),
     )
     config = Config(
-        path=path, source=source, storage=schema.storage, detect=detect, http=schema.http,
-        targets=targets, rules=tuple(rules),
+        path=path,
+        source=source,
+        storage=schema.storage,
+        detect=detect,
+        http=schema.http,
+        targets=targets,
+        rules=tuple(rules),
     )
     _check_templates(config, fail)
     return config

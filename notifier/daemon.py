@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import anyio
-from anyio.abc import CancelScope
 
 from notifier.bland import BlandClient
 from notifier.config import Config, ConfigError, load_config
+from notifier.detect import DetectState
 from notifier.durations import format_duration
 from notifier.listener import Listener
 from notifier.logs import kv, log, register_secrets
@@ -58,16 +58,22 @@ class Daemon:
         self._stop = anyio.Event()
         self._wake = anyio.Event()
         self._busy_since: float | None = None
-        self._poll_scope: CancelScope | None = None
+        self._poll_scope: anyio.CancelScope | None = None
         self._between_polls = anyio.Lock()  # a reload swaps config and client only here
         self.poller: Poller | None = None
-        self.metrics = Metrics(state=lambda: self.poller.state if self.poller else None,
-                               queue=self.store.queue_stats, clock=clock)
+        self.metrics = Metrics(
+            state=lambda: self.poller.state if self.poller else None, queue=self.store.queue_stats, clock=clock
+        )
         self.dispatcher = Dispatcher(
-            self.store, config, clock,
+            self.store,
+            config,
+            clock,
             on_attempt=lambda delivery, record: self.metrics.observe_attempt(delivery.target, record.outcome),
         )
         self.listener: Listener | None = None
+
+    def _state(self) -> DetectState | None:
+        return self.poller.state if self.poller else None
 
     async def run(self, stop_requested: Callable[[], bool] = lambda: False) -> int:
         register_secrets(self.config.secrets())
@@ -78,12 +84,17 @@ class Daemon:
         self.poller = Poller(self.config, self.store, _client(self.config), state, self.clock)
         try:
             if self.config.http is not None:
-                self.listener = Listener(self.config.http.listen, self.metrics,
-                                         lambda: self.poller and self.poller.state)
+                self.listener = Listener(self.config.http.listen, self.metrics, self._state)
                 self.listener.start()
-            log.info("started", extra=kv(database=self.store.path, calls=len(state.calls),
-                                         interval=f"{self.config.poll_interval:g}s",
-                                         listen=self.listener.address if self.listener else None))
+            log.info(
+                "started",
+                extra=kv(
+                    database=self.store.path,
+                    calls=len(state.calls),
+                    interval=f"{self.config.poll_interval:g}s",
+                    listen=self.listener.address if self.listener else None,
+                ),
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
                 await anyio.sleep(0)  # let the signal receiver take over from early_signals
@@ -225,8 +236,10 @@ def early_signals() -> Iterator[Callable[[], bool]]:
     """Remember a SIGTERM/SIGINT that arrives while starting up (before the event loop
     installs its handlers), so that the daemon stops cleanly instead of dying."""
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         yield lambda: bool(received)
     finally:

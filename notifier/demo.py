@@ -58,9 +58,12 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
         path.write_text(DEMO_CONFIG.format(base_url=sim.base_url, org_id=sim.org_id))
         env = {**os.environ, "DEMO_API_KEY": sim.api_key, "STATE_DIRECTORY": workdir}
         config = load_config(path, env)
-        print(f"bland-notifier demo: a simulated Bland API at {sim.base_url}, polled every second.\n"
-              "Calls queue, start, get stuck (queued > 6s) and end; every event prints below.\n"
-              "Press Ctrl-C to stop.\n", flush=True)
+        print(
+            f"bland-notifier demo: a simulated Bland API at {sim.base_url}, polled every second.\n"
+            "Calls queue, start, get stuck (queued > 6s) and end; every event prints below.\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
         daemon = Daemon(config, env)
 
         async def main() -> None:

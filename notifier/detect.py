@@ -107,18 +107,14 @@ class _Emitter:
         self.seq += 1
 
 
-def detect(
-    state: DetectState, observation: Snapshot | PollFailure, now: float, settings: DetectSettings
-) -> Transition:
+def detect(state: DetectState, observation: Snapshot | PollFailure, now: float, settings: DetectSettings) -> Transition:
     """Compute the transitions one poll reveals. A failed poll only moves source health."""
     if isinstance(observation, PollFailure):
         return _on_failure(state, observation, now, settings)
     return _on_snapshot(state, observation, now, settings)
 
 
-def _on_failure(
-    state: DetectState, failure: PollFailure, now: float, settings: DetectSettings
-) -> Transition:
+def _on_failure(state: DetectState, failure: PollFailure, now: float, settings: DetectSettings) -> Transition:
     out = _Emitter(state, now)
     src = state.source
     since = src.failing_since if src.failing_since is not None else now
@@ -137,9 +133,7 @@ def _on_failure(
     return Transition(state=new, events=out.events, changed=[], removed=[])
 
 
-def _on_snapshot(
-    state: DetectState, snapshot: Snapshot, now: float, settings: DetectSettings
-) -> Transition:
+def _on_snapshot(state: DetectState, snapshot: Snapshot, now: float, settings: DetectSettings) -> Transition:
     out = _Emitter(state, now)
     src = state.source
     if src.unreachable:
@@ -159,7 +153,8 @@ def _on_snapshot(
     # object seen last poll, present then, and with no timer due, needs no work.
     known = state.calls.get
     touched = [
-        (call_id, call) for call_id, call in snapshot.calls.items()
+        (call_id, call)
+        for call_id, call in snapshot.calls.items()
         if (seen := known(call_id)) is None or seen.call is not call or seen.missing or now >= seen.due
     ]
     for call_id, call in touched:
@@ -278,9 +273,7 @@ def _check_timers(cs: CallState, now: float, settings: DetectSettings, out: _Emi
     if status == QUEUED and stuck_after > 0:
         waited = now - _queued_since(cs)
         repeat = settings.stuck_queued_repeat
-        if waited >= stuck_after and (
-            cs.stuck_at is None or (repeat > 0 and now - cs.stuck_at >= repeat)
-        ):
+        if waited >= stuck_after and (cs.stuck_at is None or (repeat > 0 and now - cs.stuck_at >= repeat)):
             out.emit(
                 "call.stuck_queued",
                 {"queued_for_seconds": waited, "threshold_seconds": stuck_after},

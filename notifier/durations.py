@@ -19,7 +19,7 @@ def parse_duration(text: str) -> Duration:
     """``"1h30m"`` -> 5400.0. Raises ValueError with a message a user can act on."""
     stripped = text.strip().lower()
     if not stripped:
-        raise ValueError("empty duration; write e.g. \"5s\", \"250ms\", \"1h30m\"")
+        raise ValueError('empty duration; write e.g. "5s", "250ms", "1h30m"')
     position, total = 0, 0.0
     for match in _PART.finditer(stripped):
         if match.start() != position:
@@ -28,8 +28,7 @@ def parse_duration(text: str) -> Duration:
         position = match.end()
     if position != len(stripped):
         raise ValueError(
-            f"invalid duration {text!r}; write a number and a unit (ms, s, m, h, d, w), "
-            "e.g. \"5s\", \"250ms\", \"1h30m\""
+            f'invalid duration {text!r}; write a number and a unit (ms, s, m, h, d, w), e.g. "5s", "250ms", "1h30m"'
         )
     return Duration(total)
 

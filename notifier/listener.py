@@ -56,8 +56,9 @@ class Listener:
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._state = state
         try:
-            self._server = make_server(host.strip("[]"), int(port), self._app, server_class=_Server,
-                                       handler_class=_QuietHandler)
+            self._server = make_server(
+                host.strip("[]"), int(port), self._app, server_class=_Server, handler_class=_QuietHandler
+            )
         except OSError as exc:
             raise ListenerError(f"http.listen: cannot listen on {listen}: {exc.strerror}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-listener", daemon=True)
@@ -81,8 +82,10 @@ class Listener:
         if path == "/healthz":
             status, body = health(self._state())
             payload = msgspec.json.encode(body)
-            start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+            start_response(
+                f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+            )
             return [payload]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics or /healthz\n"]

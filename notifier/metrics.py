@@ -28,8 +28,7 @@ class _Live(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self.metrics.state()
-        active = GaugeMetricFamily("notifier_active_calls", "Active calls by status, as last seen.",
-                                   labels=["status"])
+        active = GaugeMetricFamily("notifier_active_calls", "Active calls by status, as last seen.", labels=["status"])
         counts = Tally(cs.call.status for cs in state.calls.values() if not cs.missing) if state else Tally()
         for status in ("QUEUED", "IN_PROGRESS"):
             counts.setdefault(status, 0)
@@ -39,8 +38,9 @@ class _Live(Collector):
         depth, oldest_created = self.metrics.queue()
         yield GaugeMetricFamily("notifier_delivery_queue_depth", "Deliveries waiting to be sent.", value=depth)
         age = max(0.0, self.metrics.clock() - oldest_created) if depth and oldest_created else 0.0
-        yield GaugeMetricFamily("notifier_oldest_pending_delivery_seconds",
-                                "Age of the oldest delivery still pending.", value=age)
+        yield GaugeMetricFamily(
+            "notifier_oldest_pending_delivery_seconds", "Age of the oldest delivery still pending.", value=age
+        )
         up = 0.0 if state is None or state.source.unreachable else 1.0
         yield GaugeMetricFamily("notifier_source_up", "1 unless the Bland API counts as unreachable.", value=up)
 
@@ -58,14 +58,20 @@ class Metrics:
         self.clock = clock
         r = self.registry
         self.polls = Counter("notifier_polls", "Polls of the Bland API by result.", ["result"], registry=r)
-        self.poll_duration = Histogram("notifier_poll_duration_seconds", "Duration of a whole poll cycle.",
-                                       buckets=POLL_BUCKETS, registry=r)
+        self.poll_duration = Histogram(
+            "notifier_poll_duration_seconds", "Duration of a whole poll cycle.", buckets=POLL_BUCKETS, registry=r
+        )
         self.events = Counter("notifier_events", "Events detected, by type.", ["type"], registry=r)
-        self.deliveries = Counter("notifier_deliveries", "Delivery attempts by target and result "
-                                  "(sent, failed = will retry, dead).", ["target", "result"], registry=r)
+        self.deliveries = Counter(
+            "notifier_deliveries",
+            "Delivery attempts by target and result (sent, failed = will retry, dead).",
+            ["target", "result"],
+            registry=r,
+        )
         self.skipped = Counter("notifier_skipped_entries", "Malformed API entries skipped.", registry=r)
-        self.last_success = Gauge("notifier_last_successful_poll_timestamp_seconds",
-                                  "Unix time of the last successful poll.", registry=r)
+        self.last_success = Gauge(
+            "notifier_last_successful_poll_timestamp_seconds", "Unix time of the last successful poll.", registry=r
+        )
         for result in ("ok", "failed"):
             self.polls.labels(result)
         r.register(_Live(self))

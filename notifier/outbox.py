@@ -204,8 +204,14 @@ class Dispatcher:
             self.on_attempt(delivery, record)
 
     def _log(self, target: Target, delivery: Delivery, record: AttemptRecord) -> None:
-        context = kv(target=target.name, delivery=delivery.id, event_id=delivery.event_id,
-                     attempt=delivery.attempts + 1, status=record.status_code, error=record.error)
+        context = kv(
+            target=target.name,
+            delivery=delivery.id,
+            event_id=delivery.event_id,
+            attempt=delivery.attempts + 1,
+            status=record.status_code,
+            error=record.error,
+        )
         if record.outcome == "sent":
             log.info("delivered", extra=context)
         elif record.outcome == "dead":
@@ -219,7 +225,9 @@ def send_test(target: Target, clock: Callable[[], float] = time.time) -> Outcome
     """``notifier test``: one clearly marked ``notifier.test`` message, no store involved."""
     now = clock()
     event = Event(
-        id=f"evt_test_{int(now * 1000)}", type="notifier.test", detected_at=now,
+        id=f"evt_test_{int(now * 1000)}",
+        type="notifier.test",
+        detected_at=now,
         data={"message": "Test notification from bland-notifier: this target works."},
     )
 

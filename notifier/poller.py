@@ -117,7 +117,9 @@ class Poller:
         planned = plan_deliveries(events, config.rules, digestible)
         duration = time.perf_counter() - started
         record = PollRecord(
-            at=now, duration=duration, ok=error is None,
+            at=now,
+            duration=duration,
+            ok=error is None,
             calls=len(observation.calls) if isinstance(observation, Snapshot) else None,
             skipped=observation.skipped if isinstance(observation, Snapshot) else None,
             error=error.reason if error else None,
@@ -127,16 +129,32 @@ class Poller:
         except SQLAlchemyError as exc:
             # Nothing of this poll was kept: the state stays where it was, so the next
             # poll detects the same transitions again (with the same event ids).
-            log.error("could not record the poll; its changes are picked up by the next one",
-                      extra=kv(error=str(getattr(exc, "orig", None) or exc)))
-            return Cycle(ok=False, events=[], targets=frozenset(), calls=len(self.state.calls), skipped=0,
-                         duration=duration, at=now, error=PollError("could not record the poll"))
+            log.error(
+                "could not record the poll; its changes are picked up by the next one",
+                extra=kv(error=str(getattr(exc, "orig", None) or exc)),
+            )
+            return Cycle(
+                ok=False,
+                events=[],
+                targets=frozenset(),
+                calls=len(self.state.calls),
+                skipped=0,
+                duration=duration,
+                at=now,
+                error=PollError("could not record the poll"),
+            )
         self.state = transition.state
         self.last_error = error
         self._log(transition, observation, error)
         return Cycle(
-            ok=error is None, events=events, targets=frozenset(p.target for p in planned),
-            calls=len(self.state.calls), skipped=record.skipped or 0, duration=duration, at=now, error=error,
+            ok=error is None,
+            events=events,
+            targets=frozenset(p.target for p in planned),
+            calls=len(self.state.calls),
+            skipped=record.skipped or 0,
+            duration=duration,
+            at=now,
+            error=error,
         )
 
     async def _enrich(self, events: list[Event], timeout: float) -> list[Event]:
@@ -157,8 +175,7 @@ class Poller:
                 for call_id in wanted:
                     tg.start_soon(fetch, call_id)
         if len(outcomes) < len(wanted):
-            log.warning("call details missing; outcome left null",
-                        extra=kv(missing=len(wanted) - len(outcomes)))
+            log.warning("call details missing; outcome left null", extra=kv(missing=len(wanted) - len(outcomes)))
         return [
             msgspec.structs.replace(e, data={**e.data, "outcome": outcomes[e.call_id]})
             if e.type == "call.disappeared" and e.call_id in outcomes

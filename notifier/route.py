@@ -68,8 +68,9 @@ def parse_matcher(text: str) -> Matcher:
         raise ValueError(f"{text!r} is not FIELD OP VALUE with OP one of =, !=, =~, !~")
     name, op, raw = found.groups()
     if raw[:1] in ("=", "~", "!"):
-        raise ValueError(f"{text!r}: the value starts with {raw[0]!r} (a typo in the operator?); "
-                         "quote the value if it is meant")
+        raise ValueError(
+            f"{text!r}: the value starts with {raw[0]!r} (a typo in the operator?); quote the value if it is meant"
+        )
     value = _unquote(raw)
     regex = None
     if op in ("=~", "!~"):
@@ -105,9 +106,7 @@ def expand_event_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
     for index, pattern in enumerate(patterns):
         hits = [t for t in EVENT_TYPES if fnmatch.fnmatchcase(t, pattern)]
         if not hits:
-            raise RuleError(
-                f"events[{index}]", f"{pattern!r} matches no event type; known: {', '.join(EVENT_TYPES)}"
-            )
+            raise RuleError(f"events[{index}]", f"{pattern!r} matches no event type; known: {', '.join(EVENT_TYPES)}")
         types.extend(t for t in hits if t not in types)
     return tuple(types)
 

@@ -23,8 +23,7 @@ from typing import Any
 from notifier.traffic import TrafficModel
 
 #: Kinds of scripted failure, as the tests name them.
-FAULTS = ("500", "503_html", "429", "timeout", "reset", "truncated", "html_200", "data_null",
-          "wrong_shape", "401")
+FAULTS = ("500", "503_html", "429", "timeout", "reset", "truncated", "html_200", "data_null", "wrong_shape", "401")
 
 
 def wire_call(
@@ -43,9 +42,15 @@ def wire_call(
     """One entry exactly as Bland sends it."""
     created_ms = int(time.time() * 1000) if created_ms is None else created_ms
     return {
-        "call_id": call_id, "user_id": user_id, "from": from_, "to": to, "objective": objective,
-        "pathway_id": pathway_id, "start_time": start_time,
-        "international": "true" if international else "false", "status": status,
+        "call_id": call_id,
+        "user_id": user_id,
+        "from": from_,
+        "to": to,
+        "objective": objective,
+        "pathway_id": pathway_id,
+        "start_time": start_time,
+        "international": "true" if international else "false",
+        "status": status,
         "timestamp": str(created_ms),
     }
 
@@ -118,8 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b'{"status":"error","message":"not found"}')
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
@@ -150,8 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
         responses = {
             "500": (500, b'{"status":"error","message":"internal error"}', "application/json", {}),
             "503_html": (503, b"<html><body>503 Service Unavailable</body></html>", "text/html", {}),
-            "429": (429, b'{"status":"error","message":"rate limited"}', "application/json",
-                    {"retry-after": fault.retry_after or "2"}),
+            "429": (
+                429,
+                b'{"status":"error","message":"rate limited"}',
+                "application/json",
+                {"retry-after": fault.retry_after or "2"},
+            ),
             "html_200": (200, b"<!doctype html><html><body>Maintenance</body></html>", "text/html", {}),
             "data_null": (200, b'{"data": null, "errors": [{"message": "boom"}]}', "application/json", {}),
             "wrong_shape": (200, b'{"calls": []}', "application/json", {}),
@@ -166,6 +176,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-request (a killed daemon) is normal here, not news."""
+
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], shared: _Shared) -> None:
@@ -176,11 +187,14 @@ class _Server(ThreadingHTTPServer):
 class BlandSimulator:
     """A Bland API on 127.0.0.1 in a background thread. Thread-safe setters."""
 
-    def __init__(self, port: int = 0, api_key: str | None = None, org_id: str | None = None,
-                 seed: int | None = None) -> None:
-        self.shared = _Shared(api_key=api_key or f"sim-key-{uuid.uuid4().hex[:16]}",
-                              org_id=org_id or f"sim-org-{uuid.uuid4().hex[:8]}",
-                              rng=random.Random(seed))
+    def __init__(
+        self, port: int = 0, api_key: str | None = None, org_id: str | None = None, seed: int | None = None
+    ) -> None:
+        self.shared = _Shared(
+            api_key=api_key or f"sim-key-{uuid.uuid4().hex[:16]}",
+            org_id=org_id or f"sim-org-{uuid.uuid4().hex[:8]}",
+            rng=random.Random(seed),
+        )
         self._server = _Server(("127.0.0.1", port), self.shared)
         self._thread: threading.Thread | None = None
 
@@ -232,8 +246,14 @@ class BlandSimulator:
         with self.shared.lock:
             self.shared.faults.extend(Fault(kind, retry_after, delay) for _ in range(count))
 
-    def configure(self, *, latency: float | None = None, details_latency: float | None = None,
-                  error_rate: float | None = None, outage: tuple[float, float] | None = None) -> None:
+    def configure(
+        self,
+        *,
+        latency: float | None = None,
+        details_latency: float | None = None,
+        error_rate: float | None = None,
+        outage: tuple[float, float] | None = None,
+    ) -> None:
         with self.shared.lock:
             if latency is not None:
                 self.shared.latency = latency

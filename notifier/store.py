@@ -48,18 +48,21 @@ WRITE_CHUNK = 5000
 metadata = MetaData()
 
 meta = Table(
-    "meta", metadata,
+    "meta",
+    metadata,
     Column("key", String, primary_key=True),
     Column("value", LargeBinary, nullable=False),
 )
 calls = Table(
-    "calls", metadata,
+    "calls",
+    metadata,
     Column("call_id", String, primary_key=True),
     Column("status", String, nullable=False),
     Column("state", LargeBinary, nullable=False),  # msgpack-encoded CallState
 )
 events = Table(
-    "events", metadata,
+    "events",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", String, nullable=False, unique=True),
     Column("type", String, nullable=False),
@@ -71,7 +74,8 @@ events = Table(
     Index("ix_events_type", "type"),
 )
 polls = Table(
-    "polls", metadata,
+    "polls",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", Float, nullable=False),
     Column("duration", Float, nullable=False),
@@ -82,7 +86,8 @@ polls = Table(
     Column("error", Text),
 )
 deliveries = Table(
-    "deliveries", metadata,
+    "deliveries",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("event_id", String, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
     Column("event_count", Integer, nullable=False, default=1),  # > 1: a digest
@@ -99,13 +104,15 @@ deliveries = Table(
     Index("ix_deliveries_event", "event_id"),
 )
 delivery_events = Table(
-    "delivery_events", metadata,
+    "delivery_events",
+    metadata,
     Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
     Column("event_id", String, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True),
     Index("ix_delivery_events_event", "event_id"),
 )
 attempts = Table(
-    "attempts", metadata,
+    "attempts",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
     Column("at", Float, nullable=False),
@@ -268,9 +275,7 @@ class Store:
             timers=tuple(msgspec.json.decode(values["timers"])) if "timers" in values else (0.0, 0.0, 0.0),
         )
 
-    def commit_poll(
-        self, transition: Transition, planned: Sequence[PlannedDelivery], poll: PollRecord
-    ) -> None:
+    def commit_poll(self, transition: Transition, planned: Sequence[PlannedDelivery], poll: PollRecord) -> None:
         """Persist one poll whole: state, events, their deliveries and the poll log."""
         state = transition.state
         with self.transaction() as conn:
@@ -279,8 +284,10 @@ class Store:
                 conn.exec_driver_sql(
                     "INSERT INTO calls (call_id, status, state) VALUES (?, ?, ?) "
                     "ON CONFLICT (call_id) DO UPDATE SET status = excluded.status, state = excluded.state",
-                    [(cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs))
-                     for cs in transition.changed[start:start + WRITE_CHUNK]],
+                    [
+                        (cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs))
+                        for cs in transition.changed[start : start + WRITE_CHUNK]
+                    ],
                 )
             if transition.removed:
                 conn.exec_driver_sql("DELETE FROM calls WHERE call_id = ?", [(cid,) for cid in transition.removed])
@@ -293,8 +300,11 @@ class Store:
                 self._insert_deliveries(conn, planned, poll.at)
             conn.exec_driver_sql(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [("source", _json.encode(state.source)), ("next_seq", str(state.next_seq).encode()),
-                 ("timers", _json.encode(state.timers))],
+                [
+                    ("source", _json.encode(state.source)),
+                    ("next_seq", str(state.next_seq).encode()),
+                    ("timers", _json.encode(state.timers)),
+                ],
             )
             result = conn.exec_driver_sql(
                 "INSERT INTO polls (at, duration, ok, calls, skipped, events, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -308,14 +318,17 @@ class Store:
         # Ids are assigned here (the write lock is held) so that both tables take one
         # executemany each, however many deliveries a burst of events causes.
         first = conn.exec_driver_sql("SELECT coalesce(max(id), 0) + 1 FROM deliveries").scalar_one()
-        rows, links = [], []
+        rows: list[tuple[object, ...]] = []
+        links: list[tuple[int, str]] = []
         for offset, plan in enumerate(planned):
             delivery_id = first + offset
             rows.append((delivery_id, plan.event_ids[0], len(plan.event_ids), plan.target, plan.rule, now, now))
             links.extend((delivery_id, event_id) for event_id in plan.event_ids)
         conn.exec_driver_sql(
             "INSERT INTO deliveries (id, event_id, event_count, target, rule, status, attempts, created_at, "
-            "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)", rows)
+            "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+            rows,
+        )
         conn.exec_driver_sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)", links)
 
     # -- queries for the CLI ------------------------------------------------------------
@@ -354,8 +367,9 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(deliveries)
-                .where(deliveries.c.status == "pending", deliveries.c.target == target,
-                       deliveries.c.next_attempt_at <= now)
+                .where(
+                    deliveries.c.status == "pending", deliveries.c.target == target, deliveries.c.next_attempt_at <= now
+                )
                 .order_by(deliveries.c.id)
                 .limit(limit)
             ).all()
@@ -376,17 +390,24 @@ class Store:
         """When the earliest pending delivery of ``target`` becomes due (None: nothing pending)."""
         with self.engine.connect() as conn:
             return conn.execute(
-                select(func.min(deliveries.c.next_attempt_at))
-                .where(deliveries.c.status == "pending", deliveries.c.target == target)
+                select(func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.status == "pending", deliveries.c.target == target
+                )
             ).scalar()
 
     def record_attempt(self, delivery: Delivery, attempt: AttemptRecord) -> None:
         """One attempt and the delivery's new status, in one transaction."""
         with self.transaction(durable=False) as conn:
-            conn.execute(insert(attempts).values(
-                delivery_id=delivery.id, at=attempt.at, outcome=attempt.outcome,
-                status_code=attempt.status_code, error=attempt.error, latency=attempt.latency,
-            ))
+            conn.execute(
+                insert(attempts).values(
+                    delivery_id=delivery.id,
+                    at=attempt.at,
+                    outcome=attempt.outcome,
+                    status_code=attempt.status_code,
+                    error=attempt.error,
+                    latency=attempt.latency,
+                )
+            )
             values: dict[str, Any] = {
                 "attempts": deliveries.c.attempts + 1,
                 "status": {"sent": "sent", "dead": "dead"}.get(attempt.outcome, "pending"),
@@ -410,8 +431,9 @@ class Store:
 
     def attempts_of(self, delivery_id: int) -> list[AttemptRecord]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(attempts).where(attempts.c.delivery_id == delivery_id)
-                                .order_by(attempts.c.id)).all()
+            rows = conn.execute(
+                select(attempts).where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
+            ).all()
         return [AttemptRecord(r.at, r.outcome, r.status_code, r.error, r.latency) for r in rows]
 
     def redeliver(self, now: float, *, event_id: str | None = None) -> int:
@@ -421,9 +443,14 @@ class Store:
             linked = select(delivery_events.c.delivery_id).where(delivery_events.c.event_id == event_id)
             query = query.where(deliveries.c.id.in_(linked))
         with self.transaction() as conn:
-            result = conn.execute(query.values(
-                status="pending", next_attempt_at=now, first_attempt_at=None, finished_at=None,
-            ))
+            result = conn.execute(
+                query.values(
+                    status="pending",
+                    next_attempt_at=now,
+                    first_attempt_at=None,
+                    finished_at=None,
+                )
+            )
         return result.rowcount
 
     def queue_stats(self) -> tuple[int, float | None]:
@@ -440,8 +467,10 @@ class Store:
         until it returns 0, so that no single transaction holds the lock for long."""
         finished = (
             select(deliveries.c.id)
-            .where(deliveries.c.status.in_(("sent", "dead")),
-                   func.coalesce(deliveries.c.finished_at, deliveries.c.created_at) < before)
+            .where(
+                deliveries.c.status.in_(("sent", "dead")),
+                func.coalesce(deliveries.c.finished_at, deliveries.c.created_at) < before,
+            )
             .limit(batch)
         )
         still_needed = (
@@ -449,9 +478,7 @@ class Store:
             .join(deliveries, deliveries.c.id == delivery_events.c.delivery_id)
             .where(deliveries.c.status == "pending", delivery_events.c.event_id == events.c.id)
         )
-        old_events = (
-            select(events.c.seq).where(events.c.detected_at < before, ~still_needed.exists()).limit(batch)
-        )
+        old_events = select(events.c.seq).where(events.c.detected_at < before, ~still_needed.exists()).limit(batch)
         with self.transaction(durable=False) as conn:
             removed = conn.execute(delete(deliveries).where(deliveries.c.id.in_(finished))).rowcount
             removed += conn.execute(delete(events).where(events.c.seq.in_(old_events))).rowcount
@@ -468,14 +495,23 @@ class Store:
 
 
 def _row_event(row: Any) -> Event:
-    return Event(id=row.id, type=row.type, detected_at=row.detected_at,
-                 data=msgspec.json.decode(row.data), call_id=row.call_id)
+    return Event(
+        id=row.id, type=row.type, detected_at=row.detected_at, data=msgspec.json.decode(row.data), call_id=row.call_id
+    )
 
 
 def _row_delivery(row: Any) -> Delivery:
     return Delivery(
-        id=row.id, event_id=row.event_id, event_count=row.event_count, target=row.target, rule=row.rule,
-        status=row.status, attempts=row.attempts, created_at=row.created_at,
-        next_attempt_at=row.next_attempt_at, first_attempt_at=row.first_attempt_at,
-        finished_at=row.finished_at, last_error=row.last_error,
+        id=row.id,
+        event_id=row.event_id,
+        event_count=row.event_count,
+        target=row.target,
+        rule=row.rule,
+        status=row.status,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        next_attempt_at=row.next_attempt_at,
+        first_attempt_at=row.first_attempt_at,
+        finished_at=row.finished_at,
+        last_error=row.last_error,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
@@ -28,8 +28,7 @@ DEFAULT_TITLES = {
     "call.status_changed": "Call to {{ call.to }}: {{ event.previous_status }} → {{ call.status }}",
     "call.stuck_queued": "Call to {{ call.to }} stuck in queue for {{ event.queued_for_seconds | duration }}",
     "call.long_running": "Call to {{ call.to }} running for {{ event.in_progress_for_seconds | duration }}",
-    "call.disappeared": "Call to {{ call.to }} ended"
-    "{% if not event.was_started %} without ever starting{% endif %}",
+    "call.disappeared": "Call to {{ call.to }} ended{% if not event.was_started %} without ever starting{% endif %}",
     "source.unreachable": "Bland API unreachable since {{ event.since }}",
     "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
     "notifier.test": "bland-notifier test notification",
@@ -53,12 +52,10 @@ DEFAULT_BODIES = {
     "{% if event.was_stuck %}, was stuck{% endif %}"
     "{% if event.outcome %}\nOutcome: {{ event.outcome.status }}"
     "{% if event.outcome.call_length is not none %}, {{ event.outcome.call_length }} min{% endif %}"
-    "{% if event.outcome.error_message %}, {{ event.outcome.error_message }}{% endif %}{% endif %}\n"
-    + _CALL_LINES,
+    "{% if event.outcome.error_message %}, {{ event.outcome.error_message }}{% endif %}{% endif %}\n" + _CALL_LINES,
     "source.unreachable": "{{ event.consecutive_failures }} polls failed since {{ event.since }}.\n"
     "Last error: {{ event.last_error }}",
-    "source.recovered": "Polling works again; the API was unreachable for "
-    "{{ event.downtime_seconds | duration }}.",
+    "source.recovered": "Polling works again; the API was unreachable for {{ event.downtime_seconds | duration }}.",
     "notifier.test": "{{ event.message }}",
 }
 
@@ -110,7 +107,10 @@ def _escape_html(value: str) -> str:
 
 
 _ESCAPES: dict[str, Callable[[str], str]] = {
-    TEXT: _escape_text, MARKDOWN: _escape_markdown, SLACK: _escape_slack, HTML: _escape_html,
+    TEXT: _escape_text,
+    MARKDOWN: _escape_markdown,
+    SLACK: _escape_slack,
+    HTML: _escape_html,
 }
 
 
@@ -125,7 +125,7 @@ def _finalizer(fmt: str) -> Callable[[Any], Any]:
     return finalize
 
 
-@lru_cache(maxsize=None)
+@cache
 def _environment(fmt: str) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         undefined=_Undefined, finalize=_finalizer(fmt), autoescape=False, keep_trailing_newline=False
@@ -183,9 +183,15 @@ def render_digest(rule: Rule | None, events: list[Event], fmt: str = TEXT) -> tu
 
 
 _SAMPLE_CALL = Call(
-    call_id="c0ffee00-0000-4000-8000-000000000001", user_id="user-1", from_="+14155550100",
-    to="+13105550123", objective="Confirm the appointment on Friday at 10am", pathway_id="pw-1",
-    start_time="2026-01-01T12:00:42Z", international="false", status="IN_PROGRESS",
+    call_id="c0ffee00-0000-4000-8000-000000000001",
+    user_id="user-1",
+    from_="+14155550100",
+    to="+13105550123",
+    objective="Confirm the appointment on Friday at 10am",
+    pathway_id="pw-1",
+    start_time="2026-01-01T12:00:42Z",
+    international="false",
+    status="IN_PROGRESS",
     timestamp="1767268800000",
 )
 _SAMPLE_DATA: dict[str, dict[str, Any]] = {
@@ -195,12 +201,24 @@ _SAMPLE_DATA: dict[str, dict[str, Any]] = {
     "call.stuck_queued": {"queued_for_seconds": 252.0, "threshold_seconds": 120.0},
     "call.long_running": {"in_progress_for_seconds": 1900.0},
     "call.disappeared": {
-        "was_started": True, "was_stuck": False, "last_status": "IN_PROGRESS", "observed_seconds": 312.0,
-        "outcome": {"status": "completed", "completed": True, "call_length": 4.2, "answered_by": "human",
-                    "call_ended_by": "ASSISTANT", "error_message": None},
+        "was_started": True,
+        "was_stuck": False,
+        "last_status": "IN_PROGRESS",
+        "observed_seconds": 312.0,
+        "outcome": {
+            "status": "completed",
+            "completed": True,
+            "call_length": 4.2,
+            "answered_by": "human",
+            "call_ended_by": "ASSISTANT",
+            "error_message": None,
+        },
     },
-    "source.unreachable": {"since": "2026-01-01T12:00:00.000Z", "consecutive_failures": 12,
-                           "last_error": "GET /v1/calls/active: HTTP 503 Service Unavailable"},
+    "source.unreachable": {
+        "since": "2026-01-01T12:00:00.000Z",
+        "consecutive_failures": 12,
+        "last_error": "GET /v1/calls/active: HTTP 503 Service Unavailable",
+    },
     "source.recovered": {"downtime_seconds": 185.0},
 }
 
@@ -210,8 +228,13 @@ def sample_event(event_type: str) -> Event:
     data = dict(_SAMPLE_DATA[event_type])
     if event_type in CALL_EVENT_TYPES:
         data = {"call": call_payload(_SAMPLE_CALL), **data}
-    return Event(id="evt_sample_0000000001", type=event_type, detected_at=1767268852.0, data=data,
-                 call_id=_SAMPLE_CALL.call_id if event_type in CALL_EVENT_TYPES else None)
+    return Event(
+        id="evt_sample_0000000001",
+        type=event_type,
+        detected_at=1767268852.0,
+        data=data,
+        call_id=_SAMPLE_CALL.call_id if event_type in CALL_EVENT_TYPES else None,
+    )
 
 
 def check_rule_templates(rule: Rule) -> None:

@@ -45,20 +45,30 @@ class SimCall:
         """The entry exactly as Bland's API sends it (all strings, "" for unset)."""
         start = ""
         if self.started and self.starts_at is not None:
-            start = datetime.fromtimestamp(self.starts_at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            start = (
+                datetime.fromtimestamp(self.starts_at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            )
         return {
-            "call_id": self.call_id, "user_id": "user-sim", "from": self.from_, "to": self.to,
-            "objective": self.objective, "pathway_id": self.pathway_id, "start_time": start,
+            "call_id": self.call_id,
+            "user_id": "user-sim",
+            "from": self.from_,
+            "to": self.to,
+            "objective": self.objective,
+            "pathway_id": self.pathway_id,
+            "start_time": start,
             "international": "true" if self.international else "false",
-            "status": "IN_PROGRESS" if self.started else "QUEUED", "timestamp": str(int(self.created * 1000)),
+            "status": "IN_PROGRESS" if self.started else "QUEUED",
+            "timestamp": str(int(self.created * 1000)),
         }
 
     def details(self) -> dict[str, Any]:
         """What ``GET /v1/calls/{id}`` reports once the call has ended."""
         length = (self.ends_at - self.starts_at) / 60 if self.starts_at is not None else 0.0
         return {
-            "call_id": self.call_id, "status": "completed" if self.starts_at is not None else "no-answer",
-            "completed": True, "call_length": round(length, 2),
+            "call_id": self.call_id,
+            "status": "completed" if self.starts_at is not None else "no-answer",
+            "completed": True,
+            "call_length": round(length, 2),
             "answered_by": "human" if self.starts_at is not None else None,
             "call_ended_by": "ASSISTANT" if self.starts_at is not None else None,
             "error_message": None if self.starts_at is not None else "The call was never answered",

@@ -26,8 +26,9 @@ def write_config(directory: Path, sim: BlandSimulator | None, body: str = "", *,
     """A config whose API key comes from $TEST_BLAND_KEY, as an operator would write it."""
     base_url = sim.base_url if sim else "http://127.0.0.1:9"
     org = sim.org_id if sim else "org"
-    text = textwrap.dedent(
-        f"""
+    text = (
+        textwrap.dedent(
+            f"""
         [source]
         base_url = "{base_url}"
         api_key = "${{TEST_BLAND_KEY}}"
@@ -36,7 +37,11 @@ def write_config(directory: Path, sim: BlandSimulator | None, body: str = "", *,
         timeout = "2s"
         unreachable_after = "1s"
         """
-    ) + textwrap.dedent(source_extra) + "\n[storage]\nurl = \"sqlite:///notifier.db\"\n" + textwrap.dedent(body)
+        )
+        + textwrap.dedent(source_extra)
+        + '\n[storage]\nurl = "sqlite:///notifier.db"\n'
+        + textwrap.dedent(body)
+    )
     path = directory / "notifier.toml"
     path.write_text(text)
     return path
@@ -45,8 +50,10 @@ def write_config(directory: Path, sim: BlandSimulator | None, body: str = "", *,
 def announce_to(url: str, *, events: str = '"call.appeared"', secret: str | None = None, extra: str = "") -> str:
     """Config text: announce existing calls, and send the given events to webhook ``crm``."""
     signed = f'secret = "{secret}"\n' if secret else ""
-    return (f'[detect]\nannounce_existing = true\n[targets.crm]\nurl = "{url}"\n{signed}{extra}'
-            f'[[rules]]\nname = "all"\nevents = [{events}]\ntargets = ["crm"]\n')
+    return (
+        f'[detect]\nannounce_existing = true\n[targets.crm]\nurl = "{url}"\n{signed}{extra}'
+        f'[[rules]]\nname = "all"\nevents = [{events}]\ntargets = ["crm"]\n'
+    )
 
 
 def cli_env(sim: BlandSimulator | None, directory: Path, **extra: str) -> dict[str, str]:
@@ -57,8 +64,9 @@ def cli_env(sim: BlandSimulator | None, directory: Path, **extra: str) -> dict[s
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "notifier", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, "-m", "notifier", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
@@ -81,8 +89,14 @@ class DaemonProcess:
         self.directory = directory
         self.log_path = directory / f"daemon-{id(self)}.log"
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([PYTHON, "-m", "notifier", *(args or ["run"])], env=env, cwd=directory,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "notifier", *(args or ["run"])],
+            env=env,
+            cwd=directory,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
 
     @property
     def log(self) -> str:

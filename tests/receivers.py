@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -64,7 +64,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if abs(state.now - ts) > 300:
                         raise WebhookVerificationError("Message timestamp too old")
                     hook._Webhook__verify_timestamp = (  # type: ignore[attr-defined]
-                        lambda header: datetime.fromtimestamp(float(header), tz=timezone.utc))
+                        lambda header: datetime.fromtimestamp(float(header), tz=UTC)
+                    )
                 hook.verify(body, headers)
                 verified = True
             except WebhookVerificationError as exc:
@@ -122,8 +123,15 @@ class Receiver:
         with self.state.lock:
             self.state.now = now
 
-    def respond(self, status: int = 200, *, then: list[int] | None = None, headers: dict[str, str] | None = None,
-                hang: float = 0.0, reply: bytes = b'{"ok":true}') -> None:
+    def respond(
+        self,
+        status: int = 200,
+        *,
+        then: list[int] | None = None,
+        headers: dict[str, str] | None = None,
+        hang: float = 0.0,
+        reply: bytes = b'{"ok":true}',
+    ) -> None:
         with self.state.lock:
             self.state.reply = reply
             self.state.status = status

@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
-    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--output", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     report = out.read_text()
     assert "| 1,000 |" in report and "cycle / json.loads" in report and "real HTTP client" in report

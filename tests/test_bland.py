@@ -21,15 +21,22 @@ def body(entries: list, **extra: object) -> bytes:
 
 
 def test_decodes_bland_entries_and_normalises() -> None:
-    entry = wire_call("c1", "IN_PROGRESS", created_ms=1_767_268_800_000, start_time="2026-01-01T12:00:42.000Z",
-                      international=True)
+    entry = wire_call(
+        "c1", "IN_PROGRESS", created_ms=1_767_268_800_000, start_time="2026-01-01T12:00:42.000Z", international=True
+    )
     snapshot = decode_active_calls(body([entry]))
     assert snapshot.skipped == 0
     payload = call_payload(snapshot.calls["c1"])
     assert payload == {
-        "call_id": "c1", "user_id": "user-1", "from": "+14155550100", "to": "+13105550100",
-        "objective": "Confirm the appointment", "pathway_id": "", "status": "IN_PROGRESS",
-        "start_time": "2026-01-01T12:00:42.000Z", "international": True,
+        "call_id": "c1",
+        "user_id": "user-1",
+        "from": "+14155550100",
+        "to": "+13105550100",
+        "objective": "Confirm the appointment",
+        "pathway_id": "",
+        "status": "IN_PROGRESS",
+        "start_time": "2026-01-01T12:00:42.000Z",
+        "international": True,
         "created_at": "2026-01-01T12:00:00.000Z",
     }
 
@@ -49,8 +56,14 @@ def test_malformed_entries_are_skipped_and_counted_never_the_whole_poll() -> Non
         {"status": "QUEUED"},  # no call_id
         {"call_id": "", "status": "QUEUED"},
         {"call_id": 7, "status": "QUEUED"},
-        {"call_id": "odd", "status": "QUEUED", "timestamp": 1767268800000, "international": False, "to": None,
-         "objective": {"nested": True}},
+        {
+            "call_id": "odd",
+            "status": "QUEUED",
+            "timestamp": 1767268800000,
+            "international": False,
+            "to": None,
+            "objective": {"nested": True},
+        },
         wire_call("good"),  # duplicate
     ]
     snapshot = decode_active_calls(body(entries))
@@ -78,8 +91,14 @@ def test_answers_that_are_not_the_documented_shape_fail_the_poll(raw: bytes, rea
         decode_active_calls(raw)
 
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
 fields = st.sampled_from(["call_id", "status", "to", "from", "timestamp", "international", "start_time", "x"])
 entries = st.one_of(json_values, st.dictionaries(fields, json_values, max_size=8))
 
@@ -154,16 +173,32 @@ def test_bad_credentials_say_so(sim: BlandSimulator) -> None:
 
 
 def test_call_details_are_reduced_to_scalar_outcome_fields(sim: BlandSimulator) -> None:
-    sim.set_details("gone", {"status": "completed", "completed": True, "call_length": 2.5, "answered_by": "human",
-                             "call_ended_by": "USER", "error_message": None, "transcripts": [{"text": "hi"}],
-                             "to": "+1"})
+    sim.set_details(
+        "gone",
+        {
+            "status": "completed",
+            "completed": True,
+            "call_length": 2.5,
+            "answered_by": "human",
+            "call_ended_by": "USER",
+            "error_message": None,
+            "transcripts": [{"text": "hi"}],
+            "to": "+1",
+        },
+    )
 
     async def go() -> object:
         async with client_for(sim) as client:
             return await client.fetch_details("gone")
 
-    assert anyio.run(go) == {"status": "completed", "completed": True, "call_length": 2.5,
-                             "answered_by": "human", "call_ended_by": "USER", "error_message": None}
+    assert anyio.run(go) == {
+        "status": "completed",
+        "completed": True,
+        "call_length": 2.5,
+        "answered_by": "human",
+        "call_ended_by": "USER",
+        "error_message": None,
+    }
 
 
 def test_client_reuses_one_connection(sim: BlandSimulator) -> None:

@@ -26,16 +26,35 @@ HOSTILE = "<!channel> *URGENT* @everyone <http://evil.example|click here> [x](ht
 
 
 def target(url: str) -> Target:
-    return Target(name="t", kind="apprise", url=Secret(url), secret=None, min_interval=0, timeout=5,
-                  retry_initial=5, retry_max=600, give_up_after=86400)
+    return Target(
+        name="t",
+        kind="apprise",
+        url=Secret(url),
+        secret=None,
+        min_interval=0,
+        timeout=5,
+        retry_initial=5,
+        retry_max=600,
+        give_up_after=86400,
+    )
 
 
 def stuck_event(objective: str = HOSTILE) -> Event:
-    call = Call(call_id="c-1", status="QUEUED", to="+13105550123", from_="+14155550100", objective=objective,
-                timestamp="1800000000000")
-    return Event(id="evt_x_0000000001", type="call.stuck_queued", detected_at=1_800_000_252.0,
-                 data={"call": call_payload(call), "queued_for_seconds": 252.4, "threshold_seconds": 120.0},
-                 call_id="c-1")
+    call = Call(
+        call_id="c-1",
+        status="QUEUED",
+        to="+13105550123",
+        from_="+14155550100",
+        objective=objective,
+        timestamp="1800000000000",
+    )
+    return Event(
+        id="evt_x_0000000001",
+        type="call.stuck_queued",
+        detected_at=1_800_000_252.0,
+        data={"call": call_payload(call), "queued_for_seconds": 252.4, "threshold_seconds": 120.0},
+        call_id="c-1",
+    )
 
 
 class _Inbox:
@@ -64,8 +83,9 @@ def smtp() -> Iterator[tuple[int, _Inbox]]:
 def test_email_through_apprise_to_a_real_smtp_server(smtp: tuple[int, _Inbox]) -> None:
     port, inbox = smtp
     channel = AppriseChannel(target(f"mailto://127.0.0.1:{port}?from=notifier@example.com&to=ops@example.com"))
-    outcome = anyio.run(channel.send, Message(events=[stuck_event("Confirm\nthe appointment")], rule=None,
-                                              attempt_at=0.0))
+    outcome = anyio.run(
+        channel.send, Message(events=[stuck_event("Confirm\nthe appointment")], rule=None, attempt_at=0.0)
+    )
     assert outcome.ok, outcome.error
     (mail,) = inbox.messages
     assert mail["To"] == "ops@example.com"
@@ -111,7 +131,9 @@ def test_slack_payload_with_hostile_objective_cannot_ping_link_or_format() -> No
 
 
 def test_slack_operator_template_markup_is_kept_but_values_are_escaped() -> None:
-    payload = slack_post("<!here>", rule_body="*Stuck* {{ call.objective }} for {{ event.queued_for_seconds | duration }}")
+    payload = slack_post(
+        "<!here>", rule_body="*Stuck* {{ call.objective }} for {{ event.queued_for_seconds | duration }}"
+    )
     text = payload["attachments"][0]["text"]
     assert text.startswith("_Stuck_ ")  # the operator's markdown (*italic*) becomes Slack's _italic_
     assert "<!here>" not in text and "!here&gt;" not in text
@@ -125,16 +147,18 @@ def test_escaping_per_format(fmt: str, bad: str) -> None:
 
 def test_long_bodies_are_capped_for_the_service() -> None:
     channel = AppriseChannel(target("slack://T1SECRETAAA/B2SECRETBBB/C3SECRETCCCCCCCCCCCCCCCC"))
-    rule = compile_rule(name="r", events=["call.stuck_queued"], match=[], targets=["t"],
-                        body="{{ call.objective * 20 }}")
+    rule = compile_rule(
+        name="r", events=["call.stuck_queued"], match=[], targets=["t"], body="{{ call.objective * 20 }}"
+    )
     title, body = channel.render(Message(events=[stuck_event("x" * 5000)], rule=rule, attempt_at=0.0))
     assert len(body) <= channel.body_limit and body.endswith("(truncated)")
     assert "\n" not in title
 
 
 def test_console_target_prints(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    outcome = anyio.run(AppriseChannel(target("console://")).send,
-                        Message(events=[stuck_event("hi")], rule=None, attempt_at=0.0))
+    outcome = anyio.run(
+        AppriseChannel(target("console://")).send, Message(events=[stuck_event("hi")], rule=None, attempt_at=0.0)
+    )
     assert outcome.ok
     out = capsys.readouterr().out
     assert "Call to +13105550123 stuck in queue for 4m 12s" in out and "Objective: hi" in out

@@ -44,8 +44,11 @@ def test_sigterm_then_restart_continues_where_it_stopped(tmp_path: Path, sim: Bl
     time.sleep(0.5)  # several more polls: nothing may repeat
     assert daemon.stop(signal.SIGINT) == 0
     assert events(tmp_path) == [
-        ("call.appeared", "a"), ("call.appeared", "b"), ("call.started", "b"),
-        ("call.appeared", "c"), ("call.disappeared", "a"),
+        ("call.appeared", "a"),
+        ("call.appeared", "b"),
+        ("call.started", "b"),
+        ("call.appeared", "c"),
+        ("call.disappeared", "a"),
     ]
 
 

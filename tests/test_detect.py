@@ -17,8 +17,14 @@ T0 = 1_800_000_000.0
 
 def call(cid: str, status: str = QUEUED, *, created: float | None = None, start: str = "", **kw: str) -> Call:
     ts = "" if created is None else str(int(created * 1000))
-    return Call(call_id=cid, status=status, timestamp=ts, start_time=start, to=kw.get("to", "+1310"),
-                international=kw.get("international", "false"))
+    return Call(
+        call_id=cid,
+        status=status,
+        timestamp=ts,
+        start_time=start,
+        to=kw.get("to", "+1310"),
+        international=kw.get("international", "false"),
+    )
 
 
 def snap(*calls: Call) -> Snapshot:
@@ -82,8 +88,7 @@ def test_stuck_measured_from_created_at_when_plausible() -> None:
     assert types(t) == [("call.appeared", "a")]
     t = detect(t.state, snap(call("a", created=T0 - 119)), T0 + 1, ANNOUNCE)
     assert types(t) == [("call.stuck_queued", "a")]
-    assert t.events[0].data == {**t.events[0].data, "queued_for_seconds": pytest.approx(120),
-                                "threshold_seconds": 120}
+    assert t.events[0].data == {**t.events[0].data, "queued_for_seconds": pytest.approx(120), "threshold_seconds": 120}
     t = detect(t.state, snap(call("a", created=T0 - 119)), T0 + 500, ANNOUNCE)
     assert types(t) == []  # once per call without stuck_queued_repeat
 
@@ -156,8 +161,11 @@ def test_source_unreachable_then_recovered() -> None:
     assert t.events == []
     t = detect(t.state, PollFailure("timed out"), T0 + 60, cfg)
     assert types(t) == [("source.unreachable", None)]
-    assert t.events[0].data == {"since": "2027-01-15T08:00:00.000Z", "consecutive_failures": 3,
-                                "last_error": "timed out"}
+    assert t.events[0].data == {
+        "since": "2027-01-15T08:00:00.000Z",
+        "consecutive_failures": 3,
+        "last_error": "timed out",
+    }
     t = detect(t.state, PollFailure("timed out"), T0 + 120, cfg)
     assert t.events == []
     t = detect(t.state, snap(), T0 + 130, cfg)
@@ -198,7 +206,9 @@ STATUSES = [QUEUED, IN_PROGRESS, "RINGING"]
 
 step = st.one_of(
     st.just(None),  # a failed poll
-    st.dictionaries(st.sampled_from(CALL_IDS), st.tuples(st.sampled_from(STATUSES), st.sampled_from([None, -30.0, 9e9]))),
+    st.dictionaries(
+        st.sampled_from(CALL_IDS), st.tuples(st.sampled_from(STATUSES), st.sampled_from([None, -30.0, 9e9]))
+    ),
 )
 runs = st.tuples(
     st.lists(st.tuples(step, st.floats(0.5, 200)), min_size=1, max_size=25),
@@ -221,8 +231,10 @@ def observations(steps: list) -> list[tuple[Snapshot | PollFailure, float]]:
         if entry is None:
             out.append((PollFailure("HTTP 503"), now))
         else:
-            calls = [call(cid, status, created=(None if off is None else now + off if off < 0 else off))
-                     for cid, (status, off) in sorted(entry.items())]
+            calls = [
+                call(cid, status, created=(None if off is None else now + off if off < 0 else off))
+                for cid, (status, off) in sorted(entry.items())
+            ]
             out.append((snap(*calls), now))
     return out
 
@@ -279,8 +291,7 @@ def test_lifecycle_properties(run: tuple) -> None:
         ids = [e.id for e in t.events]
         assert len(set(ids)) == len(ids)
         state = t.state
-        for cid, cs in state.calls.items():
-            assert cs.missing < cfg.missing_polls
+        assert all(cs.missing < cfg.missing_polls for cs in state.calls.values())
 
 
 _state_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(DetectState))

@@ -32,7 +32,7 @@ def run_with_stderr_file(tmp_path: Path, env: dict[str, str]) -> str:
 def test_human_format_with_key_values_and_redaction(tmp_path: Path) -> None:
     text = run_with_stderr_file(tmp_path, cli_env(None, tmp_path))
     first, second = text.splitlines()
-    assert " info    notifier: poll failed reason=\"token ********** rejected\" call_id=\"c 1\"" in first
+    assert ' info    notifier: poll failed reason="token ********** rejected" call_id="c 1"' in first
     assert first[:4].isdigit() and "hunter2" not in text
     assert second.endswith("warning notifier: plain")
 

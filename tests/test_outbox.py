@@ -30,8 +30,9 @@ class Clock:
 
 def make_config(tmp_path: Path, targets: str, rules: str) -> Config:
     path = tmp_path / "notifier.toml"
-    path.write_text(f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{tmp_path}/n.db"\n'
-                    + targets + rules)
+    path.write_text(
+        f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{tmp_path}/n.db"\n' + targets + rules
+    )
     return load_config(path, {})
 
 
@@ -49,8 +50,12 @@ def seed(config: Config, count: int, now: float | None = None, prefix: str = "c"
     store = Store(config.storage.url)
     store.upgrade()
     state = store.load_state()
-    calls = {f"{prefix}{i}": Call(call_id=f"{prefix}{i}", status="QUEUED", to=f"+1310555{i:04d}",
-                                  objective="<!channel> call me") for i in range(count)}
+    calls = {
+        f"{prefix}{i}": Call(
+            call_id=f"{prefix}{i}", status="QUEUED", to=f"+1310555{i:04d}", objective="<!channel> call me"
+        )
+        for i in range(count)
+    }
     t = detect(state, Snapshot(calls=calls), now, DetectSettings(announce_existing=True))
     digestible = frozenset(n for n, tg in config.targets.items() if tg.kind == "apprise")
     store.commit_poll(t, plan_deliveries(t.events, config.rules, digestible), PollRecord(now, 0.0, True))
@@ -59,7 +64,7 @@ def seed(config: Config, count: int, now: float | None = None, prefix: str = "c"
 
 def test_backoff_doubles_with_bounded_jitter() -> None:
     assert [backoff(n, 5, 600) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 320, 600]
-    assert 4.0 <= backoff(1, 5, 600, jitter=-1) and backoff(1, 5, 600, jitter=1) <= 6.0
+    assert backoff(1, 5, 600, jitter=-1) >= 4.0 and backoff(1, 5, 600, jitter=1) <= 6.0
     assert backoff(50, 5, 600, jitter=1) == 600
 
 
@@ -235,7 +240,8 @@ def test_digest_for_apprise_targets_only(tmp_path: Path, capsys: pytest.CaptureF
 def test_one_event_reaches_a_target_once_even_with_two_rules(tmp_path: Path) -> None:
     with Receiver() as rx:
         config = make_config(
-            tmp_path, f'[targets.crm]\nurl = "{rx.url}"\n',
+            tmp_path,
+            f'[targets.crm]\nurl = "{rx.url}"\n',
             '[[rules]]\nname = "a"\nevents = ["call.*"]\ntargets = ["crm"]\n'
             '[[rules]]\nname = "b"\nevents = ["*"]\ntargets = ["crm"]\n',
         )

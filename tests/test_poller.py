@@ -42,10 +42,19 @@ def client(config: Config) -> BlandClient:
 
 
 def test_details_enrich_disappeared_events_within_a_bound(tmp_path: Path, sim: BlandSimulator) -> None:
-    config, store = make(tmp_path, sim, 'fetch_details = true\n')
+    config, store = make(tmp_path, sim, "fetch_details = true\n")
     sim.set_calls([wire_call("a"), wire_call("b")])
-    sim.set_details("a", {"status": "completed", "completed": True, "call_length": 1.5, "answered_by": "human",
-                          "call_ended_by": "USER", "error_message": None})
+    sim.set_details(
+        "a",
+        {
+            "status": "completed",
+            "completed": True,
+            "call_length": 1.5,
+            "answered_by": "human",
+            "call_ended_by": "USER",
+            "error_message": None,
+        },
+    )
 
     async def main() -> list:
         async with client(config) as c:
@@ -56,14 +65,22 @@ def test_details_enrich_disappeared_events_within_a_bound(tmp_path: Path, sim: B
 
     events = anyio.run(main)
     outcome = {e.call_id: e.data["outcome"] for e in events}
-    assert outcome == {"a": {"status": "completed", "completed": True, "call_length": 1.5, "answered_by": "human",
-                             "call_ended_by": "USER", "error_message": None},
-                       "b": None}  # b's details answer 404: the event still goes out, outcome null
+    assert outcome == {
+        "a": {
+            "status": "completed",
+            "completed": True,
+            "call_length": 1.5,
+            "answered_by": "human",
+            "call_ended_by": "USER",
+            "error_message": None,
+        },
+        "b": None,
+    }  # b's details answer 404: the event still goes out, outcome null
     assert [e.data["outcome"] for e in store.events(types=["call.disappeared"])] == [outcome["a"], None]
 
 
 def test_slow_details_never_hold_the_poll_beyond_the_bound(tmp_path: Path, sim: BlandSimulator) -> None:
-    config, store = make(tmp_path, sim, 'fetch_details = true\n')
+    config, store = make(tmp_path, sim, "fetch_details = true\n")
     sim.set_calls([wire_call(f"c{i}") for i in range(20)])
 
     async def main() -> tuple[float, list]:

@@ -45,8 +45,12 @@ def test_a_week_of_polling_stays_bounded(tmp_path: Path) -> None:
 def test_prune_keeps_events_that_pending_deliveries_need(tmp_path: Path) -> None:
     store = Store("sqlite:///n.db", {"STATE_DIRECTORY": str(tmp_path)})
     store.upgrade()
-    t = detect(store.load_state(), Snapshot(calls={"a": Call(call_id="a"), "b": Call(call_id="b")}), T0,
-               DetectSettings(announce_existing=True))
+    t = detect(
+        store.load_state(),
+        Snapshot(calls={"a": Call(call_id="a"), "b": Call(call_id="b")}),
+        T0,
+        DetectSettings(announce_existing=True),
+    )
     store.commit_poll(t, [PlannedDelivery("crm", "all", (t.events[0].id,))], PollRecord(T0, 0.0, True))
     while store.prune(T0 + 10 * RETENTION):
         pass

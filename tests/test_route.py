@@ -19,13 +19,22 @@ from notifier.route import (
 
 
 def ev(type_: str = "call.stuck_queued", seq: int = 1, **call_fields: str) -> Event:
-    call = Call(call_id=call_fields.pop("call_id", "c1"), to=call_fields.pop("to", "+13105550100"),
-                international=call_fields.pop("international", "false"), status="QUEUED")
+    call = Call(
+        call_id=call_fields.pop("call_id", "c1"),
+        to=call_fields.pop("to", "+13105550100"),
+        international=call_fields.pop("international", "false"),
+        status="QUEUED",
+    )
     data: dict = {"queued_for_seconds": 130.0, "threshold_seconds": 120.0}
     if type_.startswith("call."):
         data = {"call": call_payload(call), **data}
-    return Event(id=f"evt_t_{seq:010d}", type=type_, detected_at=0.0, data=data,
-                 call_id=call.call_id if type_.startswith("call.") else None)
+    return Event(
+        id=f"evt_t_{seq:010d}",
+        type=type_,
+        detected_at=0.0,
+        data=data,
+        call_id=call.call_id if type_.startswith("call.") else None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,16 +83,22 @@ def test_every_fitting_rule_fires_and_a_target_gets_an_event_once() -> None:
         compile_rule(name="all", events=["*"], match=[], targets=["crm", "audit"]),
         compile_rule(name="intl", events=["call.*"], match=["international = true"], targets=["intl"]),
     ]
-    assert [(r.rule.name, r.target) for r in route(ev(), rules)] == [("stuck", "ops"), ("stuck", "crm"), ("all", "audit")]
+    assert [(r.rule.name, r.target) for r in route(ev(), rules)] == [
+        ("stuck", "ops"),
+        ("stuck", "crm"),
+        ("all", "audit"),
+    ]
     assert [(r.rule.name, r.target) for r in route(ev(to="+4420"), rules)] == [("all", "crm"), ("all", "audit")]
     assert [r.target for r in route(ev("source.unreachable"), rules)] == ["crm", "audit"]
 
 
 target_names = st.sampled_from(["a", "b", "c"])
 rules_strategy = st.lists(
-    st.tuples(st.sampled_from(["*", "call.*", "call.stuck_queued", "source.*"]),
-              st.lists(st.sampled_from(['to =~ "\\+1.*"', "international = false", 'status != "QUEUED"']), max_size=2),
-              st.lists(target_names, min_size=1, max_size=3, unique=True)),
+    st.tuples(
+        st.sampled_from(["*", "call.*", "call.stuck_queued", "source.*"]),
+        st.lists(st.sampled_from(['to =~ "\\+1.*"', "international = false", 'status != "QUEUED"']), max_size=2),
+        st.lists(target_names, min_size=1, max_size=3, unique=True),
+    ),
     max_size=5,
 )
 

@@ -142,7 +142,9 @@ def test_healthz_flips_during_an_outage_and_metrics_count(tmp_path: Path, sim: B
         daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_for(lambda: get(base + "/healthz")[0] == 200 and json.loads(get(base + "/healthz")[1])["status"] == "ok")
+            wait_for(
+                lambda: get(base + "/healthz")[0] == 200 and json.loads(get(base + "/healthz")[1])["status"] == "ok"
+            )
             wait_for(lambda: len(rx.received) == 3)
             sim.configure(outage=(time.time(), time.time() + 3600))
             status, body = wait_for(lambda: (r := get(base + "/healthz"))[0] == 503 and r)
@@ -203,7 +205,10 @@ def test_secrets_never_printed(tmp_path: Path, sim: BlandSimulator) -> None:
         creds = tmp_path / "creds"
         creds.mkdir()
         (creds / "crm_secret").write_text(SECRET)
-        write_config(tmp_path, sim, f"""
+        write_config(
+            tmp_path,
+            sim,
+            f"""
             [detect]
             announce_existing = true
             [targets.crm]
@@ -217,7 +222,8 @@ def test_secrets_never_printed(tmp_path: Path, sim: BlandSimulator) -> None:
             name = "all"
             events = ["*"]
             targets = ["crm", "mail"]
-            """)
+            """,
+        )
         env = cli_env(sim, tmp_path, CREDENTIALS_DIRECTORY=str(creds))
         env["TEST_BLAND_KEY"] = api_key  # wrong key: every poll is an auth failure
         sim.set_calls([wire_call("a")])
@@ -230,8 +236,15 @@ def test_secrets_never_printed(tmp_path: Path, sim: BlandSimulator) -> None:
         wait_for(lambda: "delivery failed" in daemon.log and "mail" in daemon.log, timeout=30)
         assert daemon.stop() == 0
         outputs.append(daemon.log)
-        for args in (["check"], ["events", "--json"], ["deliveries", "--json"], ["deliveries"],
-                     ["test", "crm"], ["test", "mail"], ["--log-level", "debug", "once"]):
+        for args in (
+            ["check"],
+            ["events", "--json"],
+            ["deliveries", "--json"],
+            ["deliveries"],
+            ["test", "crm"],
+            ["test", "mail"],
+            ["--log-level", "debug", "once"],
+        ):
             result = run_cli(args, env, tmp_path)
             outputs += [result.stdout, result.stderr]
         assert "HTTP 500" in "".join(outputs)  # the failures were reported...
@@ -264,7 +277,7 @@ def test_reload_with_new_credentials_builds_a_new_client(tmp_path: Path, sim: Bl
         wait_for(lambda: "reloaded" in daemon.log)
         count = len(sim.requests)
         wait_for(lambda: len(sim.requests) > count + 2)
-        assert all(headers["authorization"] == sim.api_key for _, headers in sim.requests[count + 1:])
+        assert all(headers["authorization"] == sim.api_key for _, headers in sim.requests[count + 1 :])
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -64,8 +63,11 @@ def test_simulator_speaks_blands_format_and_checks_auth() -> None:
         assert status == 200 and json.loads(body)["errors"] is None
         assert decode_active_calls(body).skipped == 0
         # Each request advances the model; poll until some call has ended.
-        ended = wait_for(lambda: (get(sim.base_url + "/v1/calls/active", auth), dict(sim.shared.details))[1],
-                         timeout=30, interval=0.2)
+        ended = wait_for(
+            lambda: (get(sim.base_url + "/v1/calls/active", auth), dict(sim.shared.details))[1],
+            timeout=30,
+            interval=0.2,
+        )
         call_id = next(iter(ended))
         status, body = get(f"{sim.base_url}/v1/calls/{call_id}", auth)
         assert status == 200 and json.loads(body)["completed"] is True
@@ -79,9 +81,28 @@ def free_port() -> int:
 
 def test_simulate_command_prints_what_to_configure(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([PYTHON, "-m", "notifier", "simulate", "--port", str(port), "--seed", "1",
-                             "--api-key", "k-123", "--org-id", "o-1", "--outage", "0s:1h"],
-                            stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=cli_env(None, tmp_path))
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "notifier",
+            "simulate",
+            "--port",
+            str(port),
+            "--seed",
+            "1",
+            "--api-key",
+            "k-123",
+            "--org-id",
+            "o-1",
+            "--outage",
+            "0s:1h",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=cli_env(None, tmp_path),
+    )
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
         assert f"http://127.0.0.1:{port}" in first

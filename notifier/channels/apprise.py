@@ -22,8 +22,10 @@ from notifier.templates import HTML, MARKDOWN, SLACK, TEXT, render, render_diges
 
 #: How each event type looks (Slack's colour bar, the console's colour).
 _NOTIFY_TYPES = {
-    "call.started": NotifyType.SUCCESS, "source.recovered": NotifyType.SUCCESS,
-    "call.stuck_queued": NotifyType.WARNING, "call.long_running": NotifyType.WARNING,
+    "call.started": NotifyType.SUCCESS,
+    "source.recovered": NotifyType.SUCCESS,
+    "call.stuck_queued": NotifyType.WARNING,
+    "call.long_running": NotifyType.WARNING,
     "source.unreachable": NotifyType.FAILURE,
 }
 #: Worker threads Apprise sends may occupy at once, across all targets.
@@ -57,8 +59,8 @@ def private_url(url: str) -> str:
 
 def _format_for(instance: apprise.plugins.NotifyBase) -> tuple[str, NotifyFormat]:
     """(our escaping, the body format we hand Apprise) for this service."""
-    supported = instance.notify_format
-    supported = supported if isinstance(supported, tuple) else (supported,)
+    declared = instance.notify_format
+    supported = declared if isinstance(declared, tuple) else (declared,)
     if type(instance).__name__ == "NotifySlack":
         return SLACK, NotifyFormat.MARKDOWN
     if NotifyFormat.TEXT in supported:
@@ -103,8 +105,9 @@ class AppriseChannel:
         return Outcome(ok=False, error=result)
 
     def _notify(self, title: str, body: str, kind: NotifyType) -> str | None:
-        result = self._apprise.notify(body=body, title=title, notify_type=kind, body_format=self.body_format,
-                                      log_level=logging.WARNING)
+        result = self._apprise.notify(
+            body=body, title=title, notify_type=kind, body_format=self.body_format, log_level=logging.WARNING
+        )
         if result:
             return None
         reasons = [entry.message for entry in result.logs() if entry.level in ("WARNING", "ERROR")]

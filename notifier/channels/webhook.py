@@ -47,7 +47,9 @@ class WebhookChannel:
     def __init__(self, target: Target, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.target = target
         self._client = httpx.AsyncClient(
-            timeout=target.timeout, follow_redirects=False, transport=transport,
+            timeout=target.timeout,
+            follow_redirects=False,
+            transport=transport,
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
         )
 
@@ -71,12 +73,18 @@ class WebhookChannel:
         if 200 <= status < 300:
             return Outcome(ok=True, status_code=status)
         if status == 410:
-            return Outcome(ok=False, dead=True, status_code=status, error="HTTP 410 Gone: the receiver retired this endpoint")
+            return Outcome(
+                ok=False, dead=True, status_code=status, error="HTTP 410 Gone: the receiver retired this endpoint"
+            )
         error = f"HTTP {status} {response.reason_phrase}".rstrip()
         if 300 <= status < 400:
             error += " (redirects are not followed; update the target URL)"
-        return Outcome(ok=False, status_code=status, error=error,
-                       retry_after=retry_after_seconds(response.headers.get("retry-after")))
+        return Outcome(
+            ok=False,
+            status_code=status,
+            error=error,
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+        )
 
     def _safe(self, text: str) -> str:
         return redact(text, self.target.secrets())[:500]
