@@ -61,9 +61,7 @@ class Daemon:
         self._poll_scope: anyio.CancelScope | None = None
         self._between_polls = anyio.Lock()  # a reload swaps config and client only here
         self.poller: Poller | None = None
-        self.metrics = Metrics(
-            state=lambda: self.poller.state if self.poller else None, queue=self.store.queue_stats, clock=clock
-        )
+        self.metrics = Metrics(state=self._state, queue=self.store.queue_stats, clock=clock)
         self.dispatcher = Dispatcher(
             self.store,
             config,
