@@ -79,6 +79,7 @@ class Dispatcher:
         self._stopping = False
         self._in_flight = 0
         self._idle = anyio.Event()
+        self._last_send: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -128,7 +129,11 @@ class Dispatcher:
 
         async def one_target(target: Target) -> None:
             nonlocal made
-            made += await self._send_due(target, await self._channel(target))
+            channel = make_channel(target)
+            try:
+                made += await self._send_due(target, channel)
+            finally:
+                await channel.aclose()
 
         async with anyio.create_task_group() as tg:
             for target in self.config.targets.values():
@@ -137,12 +142,9 @@ class Dispatcher:
 
     # -- workers ------------------------------------------------------------------------
 
-    async def _channel(self, target: Target) -> Channel:
-        return make_channel(target)
-
     async def _run_worker(self, worker: _Worker) -> None:
         target = worker.target
-        channel = await self._channel(target)
+        channel = make_channel(target)
         try:
             with worker.scope:
                 while not self._stopping:
@@ -164,14 +166,13 @@ class Dispatcher:
     async def _send_due(self, target: Target, channel: Channel) -> int:
         batch = await anyio.to_thread.run_sync(self.store.due_deliveries, target.name, self.clock(), BATCH)
         sent = 0
-        last_start = -math.inf
         for delivery, events in batch:
             if self._stopping:
                 break
-            pause = last_start + target.min_interval - time.monotonic()
-            if pause > 0:
+            pause = self._last_send.get(target.name, -math.inf) + target.min_interval - time.monotonic()
+            if pause > 0:  # min_interval: this worker waits, no other target does
                 await anyio.sleep(pause)
-            last_start = time.monotonic()
+            self._last_send[target.name] = time.monotonic()
             await self._attempt(target, channel, delivery, events)
             sent += 1
         return sent

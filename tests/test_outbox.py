@@ -257,3 +257,18 @@ def test_send_test_reports_failures(tmp_path: Path) -> None:
         rx.respond(500)
         outcome = send_test(config.targets["crm"])
         assert not outcome.ok and "HTTP 500" in (outcome.error or "")
+
+
+def test_min_interval_paces_a_target(tmp_path: Path) -> None:
+    with Receiver() as rx:
+        config = make_config(
+            tmp_path,
+            f'[targets.crm]\nurl = "{rx.url}"\nmin_interval = "200ms"\n',
+            '[[rules]]\nname = "all"\nevents = ["*"]\ntargets = ["crm"]\n',
+        )
+        store, _ = seed(config, 4)
+        arrivals: list[float] = []
+        dispatcher = Dispatcher(store, config, on_attempt=lambda d, r: arrivals.append(time.monotonic()))
+        anyio.run(dispatcher.pass_once)
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        assert len(arrivals) == 4 and all(gap >= 0.19 for gap in gaps), gaps
