@@ -59,7 +59,7 @@ class ActiveCallsDecoder:
         self._previous: dict[int, Call] = {}
         self._shared: dict[str, str] = {}
 
-    def decode(self, body: bytes) -> Snapshot:
+    def decode(self, body: bytes | bytearray) -> Snapshot:
         """Raise ``PollError`` unless the body is the documented shape."""
         try:
             envelope = _envelope_decoder.decode(body)
@@ -198,14 +198,13 @@ class BlandClient:
 
     async def fetch_active(self) -> Snapshot:
         """One poll of ``GET /v1/calls/active``."""
-        response = await self._get("/v1/calls/active")
-        return self._decoder.decode(response.content)
+        return self._decoder.decode(await self._get("/v1/calls/active"))
 
     async def fetch_details(self, call_id: str) -> dict[str, Any]:
         """``GET /v1/calls/{id}``, reduced to the scalar outcome fields SPEC names."""
-        response = await self._get(f"/v1/calls/{quote(call_id, safe='')}")
+        content = await self._get(f"/v1/calls/{quote(call_id, safe='')}")
         try:
-            body = _any_decoder.decode(response.content)
+            body = _any_decoder.decode(content)
         except msgspec.DecodeError as exc:
             raise PollError(f"call details are not valid JSON: {exc}") from None
         if isinstance(body, dict) and isinstance(body.get("data"), dict):
@@ -217,22 +216,29 @@ class BlandClient:
             for name in DETAIL_FIELDS
         }
 
-    async def _get(self, path: str) -> httpx.Response:
+    async def _get(self, path: str) -> bytearray:
+        """The body of a 2xx answer; any other outcome is a ``PollError`` saying why.
+
+        The body is read from a stream and returned as plain bytes, so no response
+        object (and its reference cycles) keeps a large body alive after the poll.
+        """
         try:
-            response = await self._client.get(path)
+            async with self._client.stream("GET", path) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    body = bytearray()  # grows in place: no list of chunks plus a joined copy
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                    return body
+                reason = response.reason_phrase
+                retry_after = retry_after_seconds(response.headers.get("retry-after")) if status in (429, 503) else None
         except httpx.TimeoutException:
             raise PollError(f"GET {path}: timed out") from None
         except httpx.HTTPError as exc:
             raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
-        status = response.status_code
-        if 200 <= status < 300:
-            return response
         if status in (401, 403):
             raise PollError(
                 f"GET {path}: HTTP {status}: Bland rejected the credentials; check source.api_key and source.org_id",
                 auth=True,
             )
-        retry_after = None
-        if status in (429, 503):
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        raise PollError(f"GET {path}: HTTP {status} {response.reason_phrase}".rstrip(), retry_after=retry_after)
+        raise PollError(f"GET {path}: HTTP {status} {reason}".rstrip(), retry_after=retry_after)
