@@ -1,7 +1,7 @@
 """A seedable model of a Bland campaign's call traffic, for the simulator and the demo.
 
-Calls arrive in bursts (batch campaigns) and as a steady trickle, wait in the queue
-for a long-tailed time (so some get stuck), run for a while and end; a few end
+Calls arrive in bursts (batch campaigns, which queue behind themselves) and as a
+steady trickle, wait in the queue for a long-tailed time (so some get stuck), run for a while and end; a few end
 without ever starting. ``time_scale`` compresses every duration, so that a demo
 shows a whole call lifecycle in seconds.
 """
@@ -109,8 +109,8 @@ class TrafficModel:
         for _ in range(arrivals):
             self._arrive(self._last + self.rng.random() * elapsed)
         while self._next_burst is not None and self._next_burst <= now:
-            for _ in range(self.rng.randint(*self.burst_size)):
-                self._arrive(self._next_burst)
+            for position in range(self.rng.randint(*self.burst_size)):
+                self._arrive(self._next_burst, position)
             self._next_burst += self.burst_every * self.rng.uniform(0.7, 1.3)
         for call in list(self.calls.values()):
             if not call.started and call.starts_at is not None and call.starts_at <= now:
@@ -123,12 +123,13 @@ class TrafficModel:
     def active(self, now: float) -> list[dict[str, str]]:
         return [call.wire(now) for call in self.calls.values()]
 
-    def _arrive(self, at: float) -> None:
+    def _arrive(self, at: float, queue_position: int = 0) -> None:
         rng = self.rng
         international = rng.random() < self.international_share
         prefix = rng.choice(INTERNATIONAL if international else DOMESTIC)
-        # Queue waits: lognormal, median ~20 s with a long tail past several minutes.
-        wait = min(rng.lognormvariate(math.log(20), 1.1), 1800) * self.scale
+        # Queue waits: lognormal, median ~20 s with a long tail past several minutes;
+        # a batch queues behind itself (~30 s a place), so big bursts leave calls stuck.
+        wait = (min(rng.lognormvariate(math.log(20), 1.1), 1800) + 30 * queue_position) * self.scale
         duration = min(rng.lognormvariate(math.log(150), 0.6), 3600) * self.scale
         never = rng.random() < self.never_start_share
         call = SimCall(
