@@ -15,10 +15,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from sqlalchemy import Column, MetaData, String, Table, Text, create_engine
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from benchmarks.bodies import Campaign
-from benchmarks.server import API_KEY, ORG_ID, BenchServer
+from benchmarks.server import API_KEY, ORG_ID, BenchServer, Receiver
 from notifier.bland import ActiveCallsDecoder, BlandClient
 from notifier.config import load_config
 from notifier.daemon import tune_gc
@@ -257,42 +255,8 @@ def bench_idle(size: int, seconds: float) -> dict[str, Any]:
     return {"size": size, "seconds": seconds, "core_share": used / seconds}
 
 
-class _Receiver:
-    def __init__(self) -> None:
-        self.arrivals: dict[str, float] = {}
-        self.count = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                call = body["data"].get("call") or {}
-                owner.arrivals.setdefault(call.get("call_id", ""), time.monotonic())
-                owner.count += 1
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def bench_delivery(count: int) -> dict[str, Any]:
-    receiver = _Receiver()
+    receiver = Receiver()
     try:
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory, "notifier.toml")
@@ -332,7 +296,7 @@ def bench_delivery(count: int) -> dict[str, Any]:
 
 
 def bench_latency(samples: int, interval: float) -> dict[str, Any]:
-    receiver = _Receiver()
+    receiver = Receiver()
     server = BenchServer(1000, steady=True)
     try:
         with tempfile.TemporaryDirectory() as directory:
@@ -462,7 +426,7 @@ def main() -> None:
         print("delivery throughput...", file=sys.stderr, flush=True)
         results["delivery"] = bench_delivery(1000)
         print("detection latency...", file=sys.stderr, flush=True)
-        results["latency"] = bench_latency(40, 0.25)
+        results["latency"] = bench_latency(100, 0.25)
         print("idle CPU (60 s)...", file=sys.stderr, flush=True)
         results["idle"] = bench_idle(1000, 60)
     text = report(results)

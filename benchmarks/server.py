@@ -1,4 +1,5 @@
-"""A Bland-like API in its own process, so that its CPU never counts against the client.
+"""A Bland-like API and a webhook receiver, each in its own process, so that their CPU
+(and the GIL) never count against the daemon being measured.
 
 Each request advances the campaign one step (1 % arrivals, departures and starts)
 unless ``steady`` is set, and answers with the whole active list.
@@ -6,8 +7,10 @@ unless ``steady`` is set, and answers with the whole active list.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -71,6 +74,55 @@ class BenchServer:
         import urllib.request
 
         urllib.request.urlopen(urllib.request.Request(f"{self.base_url}/calls/{call_id}", method="POST")).read()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(10)
+
+
+def _receive(port_out: Any, arrivals: Any) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            call = body["data"].get("call") or {}
+            arrivals.put((call.get("call_id", ""), time.monotonic()))  # CLOCK_MONOTONIC: system-wide
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port_out.put(server.server_address[1])
+    server.serve_forever()
+
+
+class Receiver:
+    """Webhook receiver in another process; ``arrivals`` maps call_id -> first arrival time."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        ports, self._queue = context.Queue(), context.Queue()
+        self.process = context.Process(target=_receive, args=(ports, self._queue), daemon=True)
+        self.process.start()
+        self.port = ports.get(timeout=120)
+        self.arrivals: dict[str, float] = {}
+        self.count = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            call_id, at = self._queue.get()
+            self.arrivals.setdefault(call_id, at)
+            self.count += 1
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
 
     def stop(self) -> None:
         self.process.terminate()

@@ -82,7 +82,13 @@ class Daemon:
         self.poller = Poller(self.config, self.store, _client(self.config), state, self.clock)
         try:
             if self.config.http is not None:
-                self.listener = Listener(self.config.http.listen, self.metrics, self._state)
+                self.listener = Listener(
+                    self.config.http.listen,
+                    self.metrics,
+                    self._state,
+                    lambda: self.config.detect.unreachable_after,
+                    self.clock,
+                )
                 self.listener.start()
             log.info(
                 "started",

@@ -20,13 +20,15 @@ from notifier.metrics import Metrics
 from notifier.model import iso
 
 
-def health(state: DetectState | None) -> tuple[int, dict[str, Any]]:
-    """SPEC: 200 while the source is reachable, 503 once it counts as unreachable."""
+def health(state: DetectState | None, now: float, unreachable_after: float) -> tuple[int, dict[str, Any]]:
+    """SPEC: 200 while the source is reachable, 503 from the moment it counts as
+    unreachable: failing for ``unreachable_after``, even before the next poll says so."""
     if state is None or not state.source.ever_succeeded and state.source.failures == 0:
         return 200, {"status": "starting"}
     src = state.source
+    unreachable = src.unreachable or (src.failing_since is not None and now - src.failing_since >= unreachable_after)
     body: dict[str, Any] = {
-        "status": "unreachable" if src.unreachable else ("degraded" if src.failures else "ok"),
+        "status": "unreachable" if unreachable else ("degraded" if src.failures else "ok"),
         "last_successful_poll": iso(src.last_success),
         "consecutive_failures": src.failures,
         "active_calls": len(state.calls),
@@ -34,7 +36,7 @@ def health(state: DetectState | None) -> tuple[int, dict[str, Any]]:
     if src.failures:
         body["failing_since"] = iso(src.failing_since)
         body["last_error"] = src.last_error
-    return (503 if src.unreachable else 200), body
+    return (503 if unreachable else 200), body
 
 
 class ListenerError(Exception):
@@ -51,10 +53,19 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class Listener:
-    def __init__(self, listen: str, metrics: Metrics, state: Callable[[], DetectState | None]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        state: Callable[[], DetectState | None],
+        unreachable_after: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._state = state
+        self._unreachable_after = unreachable_after
+        self._clock = clock
         try:
             self._server = make_server(
                 host.strip("[]"), int(port), self._app, server_class=_Server, handler_class=_QuietHandler
@@ -80,7 +91,7 @@ class Listener:
         if path == "/metrics":
             return self._metrics_app(environ, start_response)
         if path == "/healthz":
-            status, body = health(self._state())
+            status, body = health(self._state(), self._clock(), self._unreachable_after())
             payload = msgspec.json.encode(body)
             start_response(
                 f"{status} {'OK' if status == 200 else 'Service Unavailable'}",

@@ -17,7 +17,7 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.durations import format_duration
-from notifier.model import CALL_EVENT_TYPES, Call, Event, call_payload
+from notifier.model import CALL_EVENT_TYPES, Call, Event, call_payload, iso
 from notifier.route import Rule
 
 TEXT, MARKDOWN, SLACK, HTML = "text", "markdown", "slack", "html"
@@ -143,7 +143,7 @@ def _compile(source: str, fmt: str) -> Any:
 def template_context(event: Event) -> dict[str, Any]:
     data = {k: v for k, v in event.data.items() if k != "call"}
     context: dict[str, Any] = {
-        "event": {"type": event.type, "id": event.id, "detected_at": event.detected_at, **data},
+        "event": {"type": event.type, "id": event.id, "detected_at": iso(event.detected_at), **data},
     }
     if "call" in event.data:
         context["call"] = event.data["call"]

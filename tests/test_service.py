@@ -150,6 +150,7 @@ def test_healthz_flips_during_an_outage_and_metrics_count(tmp_path: Path, sim: B
             status, body = wait_for(lambda: (r := get(base + "/healthz"))[0] == 503 and r)
             info = json.loads(body)
             assert info["status"] == "unreachable" and "503" in info["last_error"]
+            wait_for(lambda: "source.unreachable" in daemon.log)  # the event follows at the next failed poll
             sim.configure(outage=(0.0, 0.0))
             wait_for(lambda: get(base + "/healthz")[0] == 200, timeout=30)
 
