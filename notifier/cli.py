@@ -202,6 +202,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     store = _open_store(_config(args))
     try:
         found = store.deliveries(status=args.status, limit=args.limit or None)
+        history = {d.id: store.attempts_of(d.id) for d in found} if args.json else {}
     finally:
         store.close()
     if args.json:
@@ -218,6 +219,16 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
                 "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
                 "finished_at": iso(d.finished_at),
                 "last_error": d.last_error,
+                "attempt_log": [
+                    {
+                        "at": iso(a.at),
+                        "outcome": a.outcome,
+                        "status_code": a.status_code,
+                        "error": a.error,
+                        "latency_seconds": round(a.latency, 4),
+                    }
+                    for a in history[d.id]
+                ],
             }
             for d in found
         ]

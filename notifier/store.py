@@ -355,11 +355,6 @@ class Store:
             rows = conn.execute(query).all()
         return [_row_event(row) for row in reversed(rows)]
 
-    def last_polls(self, limit: int = 1) -> list[PollRecord]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(polls).order_by(polls.c.id.desc()).limit(limit)).all()
-        return [PollRecord(r.at, r.duration, r.ok, r.calls, r.skipped, r.error) for r in rows]
-
     # -- the outbox ---------------------------------------------------------------------
 
     def due_deliveries(self, target: str, now: float, limit: int = 50) -> list[tuple[Delivery, list[Event]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from notifier.model import Call, Snapshot
 from notifier.outbox import Dispatcher, backoff, send_test
 from notifier.route import plan_deliveries
 from notifier.store import PollRecord, Store
+from tests.conftest import run_cli
 from tests.receivers import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -114,6 +116,15 @@ def test_retry_after_five_minutes_is_signed_afresh_with_the_same_id(tmp_path: Pa
         attempts = store.attempts_of(delivery.id)
         assert [(a.outcome, a.status_code) for a in attempts] == [("failed", 500), ("sent", 200)]
         assert all(a.latency > 0 for a in attempts)
+    result = run_cli(["--config", str(config.path), "deliveries", "--json"], {"PATH": "/usr/bin"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["status"] == "sent" and row["attempts"] == 2
+    assert [(a["outcome"], a["status_code"]) for a in row["attempt_log"]] == [("failed", 500), ("sent", 200)]
+    assert (
+        row["attempt_log"][0]["at"] == "2027-01-15T08:00:00.000Z"
+        and row["attempt_log"][0]["error"] == "HTTP 500 Internal Server Error"
+    )
 
 
 def test_gone_is_dead_at_once_and_redeliver_requeues(tmp_path: Path) -> None:

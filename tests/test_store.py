@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, given, settings
+from sqlalchemy import select
 
 from notifier.detect import DetectSettings, DetectState, Transition, detect
 from notifier.model import PollFailure
@@ -92,7 +93,8 @@ def test_failed_polls_persist_source_health(tmp_path: Path) -> None:
     reloaded = store.load_state()
     assert reloaded.source.unreachable and reloaded.source.failures == 3
     assert [e.type for e in store.events()] == ["source.unreachable"]
-    assert store.last_polls(1)[0].error == "HTTP 503"
+    with store.engine.connect() as conn:
+        assert conn.execute(select(polls.c.error).order_by(polls.c.id.desc())).scalars().first() == "HTTP 503"
     store.close()
 
 
