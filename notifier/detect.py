@@ -151,7 +151,7 @@ def _on_snapshot(state: DetectState, snapshot: Snapshot, now: float, settings: D
 
     # The steady state in one C-speed pass: a call whose decoded entry is the very
     # object seen last poll, present then, and with no timer due, needs no work.
-    known = state.calls.get
+    known = calls.get  # after any rescheduling above, so ``due`` is current
     touched = [
         (call_id, call)
         for call_id, call in snapshot.calls.items()
@@ -209,7 +209,7 @@ def _on_snapshot(state: DetectState, snapshot: Snapshot, now: float, settings: D
 
 
 def _appeared(call: Call, now: float, baseline: bool, out: _Emitter) -> CallState:
-    cs = CallState(call=call, first_seen=now, announced=not baseline)
+    cs = CallState(call=call, first_seen=now)
     if not baseline:
         out.emit("call.appeared", {}, call)
     if call.status == IN_PROGRESS:

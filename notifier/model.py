@@ -67,7 +67,6 @@ class CallState(msgspec.Struct, frozen=True):
 
     call: Call
     first_seen: float
-    announced: bool = True  # False for the silent first-run baseline
     started: bool = False  # call.started emitted, or first seen IN_PROGRESS in the baseline
     in_progress_since: float | None = None
     stuck_at: float | None = None  # last call.stuck_queued announcement

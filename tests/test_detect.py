@@ -310,3 +310,11 @@ def test_restart_invariance(run: tuple, cut: int) -> None:
     resumed = decoder.decode(encoder.encode(first_state))
     _, second = run_all(resumed, obs[cut:], cfg)
     assert first + second == uninterrupted
+
+
+def test_shorter_threshold_fires_for_an_unchanged_call_object() -> None:
+    """The steady-state shortcut must see rescheduled timers, not the stored ones."""
+    same = call("a", created=T0)
+    t = detect(DetectState("i"), snap(same), T0, DetectSettings(stuck_queued_after=3600))
+    t = detect(t.state, snap(same), T0 + 61, DetectSettings(stuck_queued_after=60))
+    assert types(t) == [("call.stuck_queued", "a")]
