@@ -225,17 +225,26 @@ runs = st.tuples(
 
 
 def observations(steps: list) -> list[tuple[Snapshot | PollFailure, float]]:
+    """Snapshots as the decoder yields them: a call's creation time is fixed while it is
+    listed, and an unchanged entry is the very same object as at the previous poll."""
     now, out = T0, []
+    created: dict[str, float | None] = {}
+    objects: dict[tuple, Call] = {}
     for entry, dt in steps:
         now += dt
         if entry is None:
             out.append((PollFailure("HTTP 503"), now))
-        else:
-            calls = [
-                call(cid, status, created=(None if off is None else now + off if off < 0 else off))
-                for cid, (status, off) in sorted(entry.items())
-            ]
-            out.append((snap(*calls), now))
+            continue
+        for cid in list(created):
+            if cid not in entry:
+                del created[cid]
+        calls = []
+        for cid, (status, off) in sorted(entry.items()):
+            if cid not in created:
+                created[cid] = None if off is None else now + off if off < 0 else off
+            key = (cid, status, created[cid])
+            calls.append(objects.setdefault(key, call(cid, status, created=created[cid])))
+        out.append((snap(*calls), now))
     return out
 
 
