@@ -12,6 +12,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 import msgspec
 
@@ -198,7 +199,10 @@ class BlandClient:
 
     async def fetch_active(self) -> Snapshot:
         """One poll of ``GET /v1/calls/active``."""
-        return self._decoder.decode(await self._get("/v1/calls/active"))
+        body = await self._get("/v1/calls/active")
+        # Tens of megabytes at 100k calls: decoded in a worker thread, so the event
+        # loop (deliveries, signals, the watchdog) keeps its turn meanwhile.
+        return await anyio.to_thread.run_sync(self._decoder.decode, body)
 
     async def fetch_details(self, call_id: str) -> dict[str, Any]:
         """``GET /v1/calls/{id}``, reduced to the scalar outcome fields SPEC names."""

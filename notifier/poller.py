@@ -108,7 +108,8 @@ class Poller:
             error = exc
             observation = PollFailure(exc.reason)
         now = self.clock()
-        transition = detect(self.state, observation, now, config.detect)
+        # Pure and CPU-bound at large N: off the event loop like the decoding before it.
+        transition = await anyio.to_thread.run_sync(detect, self.state, observation, now, config.detect)
         events = transition.events
         if config.source.fetch_details and any(e.type == "call.disappeared" for e in events):
             events = await self._enrich(events, float(config.source.timeout))
