@@ -44,17 +44,9 @@ def client(config: Config) -> BlandClient:
 def test_details_enrich_disappeared_events_within_a_bound(tmp_path: Path, sim: BlandSimulator) -> None:
     config, store = make(tmp_path, sim, "fetch_details = true\n")
     sim.set_calls([wire_call("a"), wire_call("b")])
-    sim.set_details(
-        "a",
-        {
-            "status": "completed",
-            "completed": True,
-            "call_length": 1.5,
-            "answered_by": "human",
-            "call_ended_by": "USER",
-            "error_message": None,
-        },
-    )
+    done = {"status": "completed", "completed": True, "call_length": 1.5, "answered_by": "human",
+            "call_ended_by": "USER", "error_message": None}  # fmt: skip
+    sim.set_details("a", done)
 
     async def main() -> list:
         async with client(config) as c:
@@ -65,17 +57,7 @@ def test_details_enrich_disappeared_events_within_a_bound(tmp_path: Path, sim: B
 
     events = anyio.run(main)
     outcome = {e.call_id: e.data["outcome"] for e in events}
-    assert outcome == {
-        "a": {
-            "status": "completed",
-            "completed": True,
-            "call_length": 1.5,
-            "answered_by": "human",
-            "call_ended_by": "USER",
-            "error_message": None,
-        },
-        "b": None,
-    }  # b's details answer 404: the event still goes out, outcome null
+    assert outcome == {"a": done, "b": None}  # b's details answer 404: the event still goes out, outcome null
     assert [e.data["outcome"] for e in store.events(types=["call.disappeared"])] == [outcome["a"], None]
 
 
