@@ -266,8 +266,6 @@ def bench_delivery(count: int) -> dict[str, Any]:
                 '[[rules]]\nname = "all"\nevents = ["call.*"]\ntargets = ["crm"]\n'
             )
             config = load_config(path, {})
-            pipeline = Pipeline(directory)
-            pipeline.store.close()
             store = Store(config.storage.url)
             store.upgrade()
             state = store.load_state()
@@ -276,7 +274,7 @@ def bench_delivery(count: int) -> dict[str, Any]:
             now = time.time()
             t = detect(state, snapshot, now, DetectSettings(announce_existing=True, stuck_queued_after=0))
             events = [e for e in t.events if e.type == "call.appeared"]
-            store.commit_poll(t, plan_deliveries(events, config.rules, frozenset()), PollRecord(now, 0, True))
+            store.commit_poll(t, plan_deliveries(events, config.rules, config.digestible), PollRecord(now, 0, True))
             dispatcher = Dispatcher(store, config)
             start = time.perf_counter()
 

@@ -16,7 +16,8 @@ from notifier.config import EX_CONFIG, Config, ConfigError, load_config, resolve
 from notifier.durations import parse_duration
 from notifier.listener import ListenerError
 from notifier.logs import LEVELS, log, register_secrets, setup_logging
-from notifier.model import EVENT_TYPES, Event, iso
+from notifier.model import Event, iso
+from notifier.route import RuleError, expand_event_patterns
 from notifier.store import Store, StoreError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -176,16 +177,12 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def _expand_types(patterns: list[str]) -> list[str] | None:
-    import fnmatch
-
-    types: list[str] = []
-    for pattern in (p for arg in patterns for p in arg.split(",") if p):
-        hits = [t for t in EVENT_TYPES if fnmatch.fnmatchcase(t, pattern)]
-        if not hits:
-            print(f"notifier: --type {pattern!r} matches no event type ({', '.join(EVENT_TYPES)})", file=sys.stderr)
-            return None
-        types.extend(hits)
-    return types
+    """``--type`` values (repeatable, comma-separated, ``call.*``) as rules read ``events``."""
+    try:
+        return list(expand_event_patterns([p for arg in patterns for p in arg.split(",") if p]))
+    except RuleError as exc:
+        print(f"notifier: --type: {exc.reason}", file=sys.stderr)
+        return None
 
 
 def _event_json(event: Event) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,11 @@ class Config:
     @property
     def poll_interval(self) -> float:
         return float(self.source.poll_interval)
+
+    @cached_property
+    def digestible(self) -> frozenset[str]:
+        """Targets a digest may go to: Apprise ones (a webhook gets one request per event)."""
+        return frozenset(name for name, target in self.targets.items() if target.kind == "apprise")
 
 
 def resolve_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:

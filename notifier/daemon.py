@@ -60,6 +60,7 @@ class Daemon:
         self._busy_since: float | None = None
         self._poll_scope: anyio.CancelScope | None = None
         self._between_polls = anyio.Lock()  # a reload swaps config and client only here
+        self._status: str | None = None  # the last STATUS= line sent to systemd
         self.poller: Poller | None = None
         self.metrics = Metrics(state=self._state, queue=self.store.queue_stats, clock=clock)
         self.dispatcher = Dispatcher(
@@ -107,8 +108,8 @@ class Daemon:
                 tg.start_soon(self.dispatcher.run)
                 tg.start_soon(self._prune_loop)
                 tg.start_soon(self._checkpoint_loop)
-                cycle = await self._cycle()
-                self.notify.ready(await self._status_line(cycle))
+                await self._cycle()
+                self.notify.ready(self._status)
                 interval = watchdog_interval()
                 if interval is not None:
                     tg.start_soon(self._watchdog, interval)
@@ -125,7 +126,7 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    async def _cycle(self) -> Cycle:
+    async def _cycle(self) -> None:
         assert self.poller is not None
         self._busy_since = time.monotonic()
         try:
@@ -135,8 +136,9 @@ class Daemon:
             self._busy_since = None
         self.dispatcher.wake(cycle.targets)
         self.metrics.observe_poll(cycle.ok, cycle.duration, cycle.events, cycle.skipped, cycle.at)
-        self.notify.status(await self._status_line(cycle))
-        return cycle
+        if self.notify.enabled:  # the queue query runs only when systemd is listening
+            self._status = await self._status_line(cycle)
+            self.notify.status(self._status)
 
     async def _prune_loop(self) -> None:
         """Retention: drop old events and finished deliveries, a small batch at a time."""

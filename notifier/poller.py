@@ -114,8 +114,7 @@ class Poller:
         if config.source.fetch_details and any(e.type == "call.disappeared" for e in events):
             events = await self._enrich(events, float(config.source.timeout))
             transition = msgspec.structs.replace(transition, events=events)
-        digestible = frozenset(n for n, t in config.targets.items() if t.kind == "apprise")
-        planned = plan_deliveries(events, config.rules, digestible)
+        planned = plan_deliveries(events, config.rules, config.digestible)
         duration = time.perf_counter() - started
         record = PollRecord(
             at=now,

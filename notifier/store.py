@@ -262,14 +262,14 @@ class Store:
                 instance = secrets.token_hex(6)
                 conn.execute(insert(meta).values(key="instance", value=instance.encode()))
                 values["instance"] = instance.encode()
+            # Order does not matter: detection orders what it emits by itself.
             loaded = {
                 row.call_id: _call_state_decoder.decode(row.state)
-                for row in conn.execute(select(calls.c.call_id, calls.c.state).order_by(calls.c.call_id))
+                for row in conn.execute(select(calls.c.call_id, calls.c.state))
             }
-        ordered = dict(sorted(loaded.items(), key=lambda item: (item[1].first_seen, item[0])))
         return DetectState(
             instance=values["instance"].decode(),
-            calls=ordered,
+            calls=loaded,
             source=_source_decoder.decode(values["source"]) if "source" in values else SourceState(),
             next_seq=int(values.get("next_seq", b"1")),
             timers=tuple(msgspec.json.decode(values["timers"])) if "timers" in values else (0.0, 0.0, 0.0),

@@ -59,8 +59,7 @@ def seed(config: Config, count: int, now: float | None = None, prefix: str = "c"
         for i in range(count)
     }
     t = detect(state, Snapshot(calls=calls), now, DetectSettings(announce_existing=True))
-    digestible = frozenset(n for n, tg in config.targets.items() if tg.kind == "apprise")
-    store.commit_poll(t, plan_deliveries(t.events, config.rules, digestible), PollRecord(now, 0.0, True))
+    store.commit_poll(t, plan_deliveries(t.events, config.rules, config.digestible), PollRecord(now, 0.0, True))
     return store, [e.id for e in t.events]
 
 
@@ -272,11 +271,7 @@ def test_send_test_reports_failures(tmp_path: Path) -> None:
 
 def test_min_interval_paces_a_target(tmp_path: Path) -> None:
     with Receiver() as rx:
-        config = make_config(
-            tmp_path,
-            f'[targets.crm]\nurl = "{rx.url}"\nmin_interval = "200ms"\n',
-            '[[rules]]\nname = "all"\nevents = ["*"]\ntargets = ["crm"]\n',
-        )
+        config = webhook_config(tmp_path, rx.url, 'min_interval = "200ms"\n')
         store, _ = seed(config, 4)
         arrivals: list[float] = []
         dispatcher = Dispatcher(store, config, on_attempt=lambda d, r: arrivals.append(time.monotonic()))
