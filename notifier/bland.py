@@ -72,13 +72,18 @@ class ActiveCallsDecoder:
             detail = f" (errors: {_short(envelope.errors)})" if envelope.errors else ""
             raise PollError(f"answer has no call list (data is null or missing){detail}")
         raws = envelope.data
-        keys = [hash(bytes(raw)) for raw in raws]  # comprehensions: this runs 10k+ times a poll
+        # C-level loops where possible: this runs for 10k+ entries a poll.
+        keys = list(map(hash, map(bytes, raws)))
         found = list(map(self._previous.get, keys))
-        for index, call in enumerate(found):
-            if call is None:
-                found[index] = self._share(_decode_entry(raws[index]))
-        calls = {call.call_id: call for call in found if call is not None}
-        self._previous = {key: call for key, call in zip(keys, found, strict=False) if call is not None}
+        malformed = False
+        for index in [index for index, call in enumerate(found) if call is None]:
+            call = found[index] = self._share(_decode_entry(raws[index]))
+            malformed = malformed or call is None
+        if malformed:
+            kept = [index for index, call in enumerate(found) if call is not None]
+            keys, found = [keys[index] for index in kept], [found[index] for index in kept]
+        calls = {call.call_id: call for call in found}
+        self._previous = dict(zip(keys, found, strict=True))
         if len(self._shared) > 4 * len(calls) + 1000:
             self._shared = {}  # bounded: values no call uses any more are let go
         skipped = len(raws) - len(calls)  # malformed entries and duplicate call_ids

@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -103,6 +104,9 @@ deliveries = Table(
     Index("ix_deliveries_due", "status", "target", "next_attempt_at"),
     Index("ix_deliveries_event", "event_id"),
 )
+# The events of a digest (``event_count`` > 1). A single-event delivery, the common
+# case, needs no rows here: its ``event_id`` says it all, and a poll writes a third
+# fewer rows. (Older databases also link single events; no read needs those rows.)
 delivery_events = Table(
     "delivery_events",
     metadata,
@@ -323,13 +327,15 @@ class Store:
         for offset, plan in enumerate(planned):
             delivery_id = first + offset
             rows.append((delivery_id, plan.event_ids[0], len(plan.event_ids), plan.target, plan.rule, now, now))
-            links.extend((delivery_id, event_id) for event_id in plan.event_ids)
+            if len(plan.event_ids) > 1:
+                links.extend((delivery_id, event_id) for event_id in plan.event_ids)
         conn.exec_driver_sql(
             "INSERT INTO deliveries (id, event_id, event_count, target, rule, status, attempts, created_at, "
             "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
             rows,
         )
-        conn.exec_driver_sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)", links)
+        if links:
+            conn.exec_driver_sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)", links)
 
     # -- queries for the CLI ------------------------------------------------------------
 
@@ -370,15 +376,23 @@ class Store:
             ).all()
             if not rows:
                 return []
-            links = conn.execute(
-                select(delivery_events.c.delivery_id, events)
-                .join(events, events.c.id == delivery_events.c.event_id)
-                .where(delivery_events.c.delivery_id.in_([r.id for r in rows]))
-                .order_by(events.c.seq)
+            singles = [r.id for r in rows if r.event_count == 1]
+            digests = [r.id for r in rows if r.event_count != 1]
+            found = conn.execute(
+                select(deliveries.c.id.label("delivery_id"), events)
+                .join(events, events.c.id == deliveries.c.event_id)
+                .where(deliveries.c.id.in_(singles))
             ).all()
+            if digests:
+                found += conn.execute(
+                    select(delivery_events.c.delivery_id, events)
+                    .join(events, events.c.id == delivery_events.c.event_id)
+                    .where(delivery_events.c.delivery_id.in_(digests))
+                    .order_by(events.c.seq)
+                ).all()
         by_delivery: dict[int, list[Event]] = {}
-        for link in links:
-            by_delivery.setdefault(link.delivery_id, []).append(_row_event(link))
+        for row in found:
+            by_delivery.setdefault(row.delivery_id, []).append(_row_event(row))
         return [(_row_delivery(r), by_delivery.get(r.id, [])) for r in rows]
 
     def next_due(self, target: str) -> float | None:
@@ -436,7 +450,7 @@ class Store:
         query = update(deliveries).where(deliveries.c.status == "dead")
         if event_id is not None:
             linked = select(delivery_events.c.delivery_id).where(delivery_events.c.event_id == event_id)
-            query = query.where(deliveries.c.id.in_(linked))
+            query = query.where(or_(deliveries.c.event_id == event_id, deliveries.c.id.in_(linked)))
         with self.transaction() as conn:
             result = conn.execute(
                 query.values(
@@ -468,12 +482,19 @@ class Store:
             )
             .limit(batch)
         )
-        still_needed = (
+        pending_single = select(deliveries.c.id).where(
+            deliveries.c.status == "pending", deliveries.c.event_id == events.c.id
+        )
+        pending_digest = (
             select(delivery_events.c.event_id)
             .join(deliveries, deliveries.c.id == delivery_events.c.delivery_id)
             .where(deliveries.c.status == "pending", delivery_events.c.event_id == events.c.id)
         )
-        old_events = select(events.c.seq).where(events.c.detected_at < before, ~still_needed.exists()).limit(batch)
+        old_events = (
+            select(events.c.seq)
+            .where(events.c.detected_at < before, ~pending_single.exists(), ~pending_digest.exists())
+            .limit(batch)
+        )
         with self.transaction(durable=False) as conn:
             removed = conn.execute(delete(deliveries).where(deliveries.c.id.in_(finished))).rowcount
             removed += conn.execute(delete(events).where(events.c.seq.in_(old_events))).rowcount

@@ -7,7 +7,7 @@ from pathlib import Path
 from notifier.detect import DetectSettings, detect
 from notifier.model import Call, Snapshot
 from notifier.route import PlannedDelivery
-from notifier.store import PollRecord, Store, deliveries, events
+from notifier.store import PollRecord, Store, deliveries, delivery_events, events
 
 T0 = 1_800_000_000.0
 RETENTION = 6 * 3600.0
@@ -56,4 +56,25 @@ def test_prune_keeps_events_that_pending_deliveries_need(tmp_path: Path) -> None
         pass
     assert [e.id for e in store.events()] == [t.events[0].id]  # the other one was pruned
     assert [d.status for d in store.deliveries()] == ["pending"]
+    store.close()
+
+
+def test_prune_keeps_the_events_of_a_pending_digest(tmp_path: Path) -> None:
+    store = Store("sqlite:///n.db", {"STATE_DIRECTORY": str(tmp_path)})
+    store.upgrade()
+    calls = {cid: Call(call_id=cid) for cid in "abcd"}
+    t = detect(store.load_state(), Snapshot(calls=calls), T0, DetectSettings(announce_existing=True))
+    a, b, c, d = (e.id for e in t.events)
+    digest = PlannedDelivery("slack", "all", (b, c))
+    store.commit_poll(t, [PlannedDelivery("crm", "all", (a,)), digest], PollRecord(T0, 0.0, True))
+    assert store.count(delivery_events) == 2  # only the digest's events are linked
+    while store.prune(T0 + 10 * RETENTION):
+        pass
+    assert [e.id for e in store.events()] == [a, b, c]  # d: no delivery needs it
+    [(_, single_events), (_, digest_events)] = [
+        *store.due_deliveries("crm", T0 + 10 * RETENTION),
+        *store.due_deliveries("slack", T0 + 10 * RETENTION),
+    ]
+    assert [e.id for e in single_events] == [a]
+    assert [e.id for e in digest_events] == [b, c]
     store.close()

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from notifier.detect import DetectSettings, DetectState, Transition, detect
 from notifier.model import PollFailure
 from notifier.route import PlannedDelivery
-from notifier.store import POLL_LOG_KEEP, PollRecord, Store, StoreError, database_path, polls
+from notifier.store import POLL_LOG_KEEP, AttemptRecord, PollRecord, Store, StoreError, database_path, polls
 from tests.test_detect import T0, call, observations, runs, snap
 
 CFG = DetectSettings(announce_existing=True, stuck_queued_after=60)
@@ -153,3 +153,17 @@ def test_resuming_from_the_database_repeats_and_loses_nothing(run: tuple) -> Non
         store.close()
     assert got == expected
     assert len(set(ids)) == len(ids)
+
+
+def test_redeliver_by_event_finds_singles_and_digests(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    t = detect(DetectState("i"), snap(call("a"), call("b"), call("c")), T0, CFG)
+    a, b, c = (e.id for e in t.events)
+    commit(store, t, planned=[PlannedDelivery("crm", "all", (a,)), PlannedDelivery("slack", "all", (b, c))])
+    for delivery in store.deliveries():
+        store.record_attempt(delivery, AttemptRecord(T0, "dead", 410, "gone", 0.01))
+    assert store.redeliver(T0, event_id=c) == 1  # inside the digest
+    assert [(d.target, d.status) for d in store.deliveries()] == [("crm", "dead"), ("slack", "pending")]
+    assert store.redeliver(T0, event_id=a) == 1
+    assert {d.status for d in store.deliveries()} == {"pending"}
+    store.close()
