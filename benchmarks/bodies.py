@@ -45,7 +45,7 @@ class Campaign:
             "start_time": "2027-01-15T08:00:12.000Z" if status == "IN_PROGRESS" else "",
             "international": "false",
             "status": status,
-            "timestamp": str(self.t0_ms),
+            "timestamp": str(self.t0_ms + 25 * self.counter),  # a campaign dials ~40 calls a second
         }
 
     def add_named(self, call_id: str) -> None:
