@@ -58,6 +58,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._wake = anyio.Event()
         self._busy_since: float | None = None
+        self._last_start = time.monotonic()  # of the latest poll
         self._poll_scope: anyio.CancelScope | None = None
         self._between_polls = anyio.Lock()  # a reload swaps config and client only here
         self._status: str | None = None  # the last STATUS= line sent to systemd
@@ -128,7 +129,7 @@ class Daemon:
 
     async def _cycle(self) -> None:
         assert self.poller is not None
-        self._busy_since = time.monotonic()
+        self._busy_since = self._last_start = time.monotonic()
         try:
             async with self._between_polls:
                 cycle = await self.poller.poll()
@@ -160,7 +161,7 @@ class Daemon:
     async def _poll_loop(self) -> None:
         assert self.poller is not None
         while not self._stop.is_set():
-            with anyio.move_on_after(self.poller.delay()):
+            with anyio.move_on_after(self._wait()):
                 await self._wake.wait()
             self._wake = anyio.Event()
             if self._stop.is_set():
@@ -168,6 +169,16 @@ class Daemon:
             with anyio.CancelScope() as scope:
                 self._poll_scope = scope
                 await self._cycle()
+
+    def _wait(self) -> float:
+        """Seconds until the next poll. While healthy, polls start every interval (the
+        poll's own duration does not stretch the period, nor the detection latency);
+        a backoff or a Retry-After counts from the failed answer."""
+        assert self.poller is not None
+        delay = self.poller.delay()
+        if self.poller.failures:
+            return delay
+        return max(0.0, delay - (time.monotonic() - self._last_start))
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

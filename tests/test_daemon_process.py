@@ -7,23 +7,39 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from notifier.simulator import BlandSimulator, wire_call
 from notifier.store import Store
 from tests.conftest import DaemonProcess, cli_env, wait_for, write_config
 
+T = TypeVar("T")
 ANNOUNCE = "[detect]\nannounce_existing = true\n"
 
 
-def events(directory: Path) -> list[tuple[str, str | None]]:
+def from_store(directory: Path, read: Callable[[Store], list[T]]) -> list[T]:
+    """What ``read`` finds in the daemon's store (nothing before it has created its tables)."""
     store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
     try:
-        return [(e.type, e.call_id) for e in store.events(limit=None)]
+        return read(store)
     except Exception:  # the daemon has not created the tables yet
         return []
     finally:
         store.close()
+
+
+def events(directory: Path) -> list[tuple[str, str | None]]:
+    return from_store(directory, lambda store: [(e.type, e.call_id) for e in store.events(limit=None)])
+
+
+def poll_times(directory: Path) -> list[float]:
+    def read(store: Store) -> list[float]:
+        with store.engine.connect() as conn:
+            return [row[0] for row in conn.exec_driver_sql("SELECT at FROM polls WHERE ok ORDER BY id")]
+
+    return from_store(directory, read)
 
 
 def test_sigterm_then_restart_continues_where_it_stopped(tmp_path: Path, sim: BlandSimulator) -> None:
@@ -112,3 +128,18 @@ def test_sd_notify_ready_status_and_stopping(tmp_path: Path, sim: BlandSimulator
         if daemon.proc.poll() is None:
             daemon.kill()
         listener.close()
+
+
+def test_polls_start_every_interval_however_long_a_poll_takes(tmp_path: Path, sim: BlandSimulator) -> None:
+    """A slow API must not stretch the period: with a 400 ms interval and 250 ms answers,
+    polls start 400 ms apart, not 650 ms (and a change waits at most one interval)."""
+    path = write_config(tmp_path, sim)
+    path.write_text(path.read_text().replace('poll_interval = "100ms"', 'poll_interval = "400ms"'))
+    sim.set_calls([wire_call("a")])
+    sim.configure(latency=0.25)
+    daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
+    wait_for(lambda: len(poll_times(tmp_path)) >= 9, timeout=30)
+    assert daemon.stop() == 0
+    times = poll_times(tmp_path)
+    gaps = sorted(b - a for a, b in zip(times[1:], times[2:], strict=False))  # from the 2nd poll on
+    assert 0.35 < gaps[len(gaps) // 2] < 0.52, gaps
