@@ -167,3 +167,23 @@ def test_redeliver_by_event_finds_singles_and_digests(tmp_path: Path) -> None:
     assert store.redeliver(T0, event_id=a) == 1
     assert {d.status for d in store.deliveries()} == {"pending"}
     store.close()
+
+
+def test_polls_with_events_are_fsynced_and_quiet_ones_are_not(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    pragmas: list[str] = []
+
+    @sqlalchemy.event.listens_for(store.engine, "before_cursor_execute")
+    def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("PRAGMA synchronous"):
+            pragmas.append(statement.split("=")[1])
+
+    t = detect(DetectState("i"), snap(call("a")), T0, CFG)
+    commit(store, t)
+    quiet = detect(t.state, snap(call("a")), T0 + 5, CFG)
+    assert quiet.events == [] and quiet.changed == []
+    commit(store, quiet, at=T0 + 5)
+    assert pragmas == ["FULL", "NORMAL"]
+    with store.engine.connect() as conn:  # and the quiet poll was still recorded
+        assert conn.exec_driver_sql("SELECT count(*) FROM polls").scalar() == 2
+    store.close()
