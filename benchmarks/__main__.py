@@ -90,7 +90,7 @@ class Pipeline:
         self.store.commit_poll(transition, planned, PollRecord(self.now, 0.0, True, len(snapshot.calls)))
         marks.append(time.process_time())
         self.state = transition.state
-        return {stage: end - start for stage, start, end in zip(STAGES[1:], marks, marks[1:], strict=True)}
+        return {stage: end - start for stage, start, end in zip(STAGES[1:], marks, marks[1:], strict=False)}
 
 
 class Naive:
