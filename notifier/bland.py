@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import anyio
@@ -74,7 +74,7 @@ class ActiveCallsDecoder:
         raws = envelope.data
         # C-level loops where possible: this runs for 10k+ entries a poll.
         keys = list(map(hash, map(bytes, raws)))
-        found = list(map(self._previous.get, keys))
+        found: list[Call | None] = list(map(self._previous.get, keys))
         malformed = False
         for index in [index for index, call in enumerate(found) if call is None]:
             call = found[index] = self._share(_decode_entry(raws[index]))
@@ -82,8 +82,9 @@ class ActiveCallsDecoder:
         if malformed:
             kept = [index for index, call in enumerate(found) if call is not None]
             keys, found = [keys[index] for index in kept], [found[index] for index in kept]
-        calls = {call.call_id: call for call in found}
-        self._previous = dict(zip(keys, found, strict=True))
+        decoded = cast("list[Call]", found)  # no None left
+        calls = {call.call_id: call for call in decoded}
+        self._previous = dict(zip(keys, decoded, strict=True))
         if len(self._shared) > 4 * len(calls) + 1000:
             self._shared = {}  # bounded: values no call uses any more are let go
         skipped = len(raws) - len(calls)  # malformed entries and duplicate call_ids
