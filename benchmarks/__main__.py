@@ -425,7 +425,9 @@ def report(results: dict[str, Any]) -> str:
             "| figure | measured | target |",
             "|---|---|---|",
             f"| whole-process CPU per poll at {d['size']:,} calls (HTTP included) | {ms(d['cpu_per_poll'])} ms = "
-            f"**{d['ratio']:.2f}x** json.loads ({ms(d['loads'])} ms, measured around the run) | <= 1.2x |",
+            f"**{d['ratio']:.2f}x** json.loads ({ms(d['loads'])} ms, measured around the run); median of 3 runs: "
+            + ", ".join(f"{ratio:.2f}x" for ratio in d["ratios"])
+            + " | <= 1.2x |",
             f"| peak RSS at {rss['size']:,} calls | **{rss['peak_rss_mb']:.0f} MB** | < 300 MB |" if rss else "",
             f"| {dl['count']:,} webhooks to a loopback receiver | **{dl['seconds']:.2f} s** "
             f"({dl['per_second']:.0f}/s) | < 5 s |",
@@ -451,7 +453,8 @@ def main() -> None:
     results["http"] = [bench_http(1000 if args.quick else 10_000, 3 if args.quick else 15)]
     if not args.quick:
         print("daemon CPU per poll...", file=sys.stderr, flush=True)
-        results["daemon"] = bench_daemon_cpu(10_000, 25)
+        runs = sorted((bench_daemon_cpu(10_000, 25) for _ in range(3)), key=lambda run: run["ratio"])
+        results["daemon"] = {**runs[1], "ratios": [run["ratio"] for run in runs]}  # the median of three
         print("peak RSS at 100k...", file=sys.stderr, flush=True)
         results["rss"] = bench_daemon_cpu(100_000, 4)
         print("delivery throughput...", file=sys.stderr, flush=True)
