@@ -37,10 +37,11 @@ class ConfigError(Exception):
 
 
 class _Schema(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    pass
+    """The config file's sections. Subclasses restate ``frozen=True``: msgspec inherits
+    it, but type checkers do not know that."""
 
 
-class SourceConfig(_Schema):
+class SourceConfig(_Schema, frozen=True):
     api_key: Secret
     org_id: Secret
     base_url: str = "https://api.bland.ai"
@@ -50,12 +51,12 @@ class SourceConfig(_Schema):
     fetch_details: bool = False
 
 
-class StorageConfig(_Schema):
+class StorageConfig(_Schema, frozen=True):
     url: str = "sqlite:///notifier.db"
     retention: Duration = Duration(30 * 86400)
 
 
-class DetectConfig(_Schema):
+class DetectConfig(_Schema, frozen=True):
     stuck_queued_after: Duration = Duration(120)
     stuck_queued_repeat: Duration = Duration(0)
     long_running_after: Duration = Duration(0)
@@ -63,11 +64,11 @@ class DetectConfig(_Schema):
     announce_existing: bool = False
 
 
-class HttpConfig(_Schema):
+class HttpConfig(_Schema, frozen=True):
     listen: str = "127.0.0.1:9464"
 
 
-class TargetConfig(_Schema):
+class TargetConfig(_Schema, frozen=True):
     url: Secret
     secret: Secret | None = None
     min_interval: Duration | None = None
@@ -77,7 +78,7 @@ class TargetConfig(_Schema):
     give_up_after: Duration = Duration(86400)
 
 
-class RuleConfig(_Schema):
+class RuleConfig(_Schema, frozen=True):
     name: str
     events: list[str]
     targets: list[str]
@@ -87,7 +88,7 @@ class RuleConfig(_Schema):
     digest_after: int = 5
 
 
-class _File(_Schema):
+class _File(_Schema, frozen=True):
     source: SourceConfig
     storage: StorageConfig = StorageConfig()
     detect: DetectConfig = DetectConfig()

@@ -62,13 +62,14 @@ class Listener:
         clock: Callable[[], float],
     ) -> None:
         host, _, port = listen.rpartition(":")
+        self._host = host.strip("[]")
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._state = state
         self._unreachable_after = unreachable_after
         self._clock = clock
         try:
             self._server = make_server(
-                host.strip("[]"), int(port), self._app, server_class=_Server, handler_class=_QuietHandler
+                self._host, int(port), self._app, server_class=_Server, handler_class=_QuietHandler
             )
         except OSError as exc:
             raise ListenerError(f"http.listen: cannot listen on {listen}: {exc.strerror}") from None
@@ -76,8 +77,9 @@ class Listener:
 
     @property
     def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        """host:port as bound (the port is the real one when ``listen`` asked for 0)."""
+        host, port = self._host, self._server.server_port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def start(self) -> None:
         self._thread.start()
