@@ -23,7 +23,19 @@ from typing import Any
 from notifier.traffic import TrafficModel
 
 #: Kinds of scripted failure, as the tests name them.
-FAULTS = ("500", "503_html", "429", "timeout", "reset", "truncated", "html_200", "data_null", "wrong_shape", "401")
+FAULTS = (
+    "500",
+    "503_html",
+    "429",
+    "timeout",  # no answer for `delay` seconds
+    "stall",  # headers and half the body, then nothing for `delay` seconds
+    "reset",
+    "truncated",
+    "html_200",
+    "data_null",
+    "wrong_shape",
+    "401",
+)
 
 
 def wire_call(
@@ -144,6 +156,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.close_connection = True
             self.connection.close()
+            return
+        if kind == "stall":
+            with self.server.shared.lock:
+                body = json.dumps({"data": list(self.server.shared.calls), "errors": None}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(fault.delay or 5.0)
+            self.close_connection = True
             return
         if kind == "truncated":
             body = b'{"data": [{"call_id": "abc", "status": "QUE'

@@ -149,6 +149,7 @@ def test_client_sends_auth_headers_and_user_agent(sim: BlandSimulator) -> None:
         ("503_html", "HTTP 503"),
         ("429", "HTTP 429"),
         ("timeout", "timed out"),
+        ("stall", "timed out"),  # the read timeout applies between chunks of the body too
         ("reset", "GET /v1/calls/active:"),
         ("truncated", "not valid JSON"),
         ("html_200", "not valid JSON"),
