@@ -208,7 +208,7 @@ class Daemon:
             f'[source]\nbase_url = "{base_url}"\napi_key = "{API_KEY}"\norg_id = "{ORG_ID}"\n'
             f'poll_interval = "{interval}"\ntimeout = "30s"\n[storage]\nurl = "sqlite:///notifier.db"\n' + extra
         )
-        env = {**os.environ, "STATE_DIRECTORY": directory, "NOTIFIER_LOG_LEVEL": "warning"}
+        env = {**os.environ, "STATE_DIRECTORY": directory, "NOTIFIER_LOG_LEVEL": "info"}  # the default, as users run it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "notifier", "run"],
             cwd=directory,

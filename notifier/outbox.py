@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -165,7 +166,7 @@ class Dispatcher:
 
     async def _send_due(self, target: Target, channel: Channel) -> int:
         batch = await anyio.to_thread.run_sync(self.store.due_deliveries, target.name, self.clock(), BATCH)
-        sent = 0
+        outcomes: Counter[str] = Counter()
         for delivery, events in batch:
             if self._stopping:
                 break
@@ -173,11 +174,13 @@ class Dispatcher:
             if pause > 0:  # min_interval: this worker waits, no other target does
                 await anyio.sleep(pause)
             self._last_send[target.name] = time.monotonic()
-            await self._attempt(target, channel, delivery, events)
-            sent += 1
-        return sent
+            outcomes[await self._attempt(target, channel, delivery, events)] += 1
+        if outcomes:  # one line a batch; each attempt is at debug level (failures: warning)
+            log.info("delivery batch", extra=kv(target=target.name, **outcomes))
+        return outcomes.total()
 
-    async def _attempt(self, target: Target, channel: Channel, delivery: Delivery, events: list[Event]) -> None:
+    async def _attempt(self, target: Target, channel: Channel, delivery: Delivery, events: list[Event]) -> str:
+        """One send and its record; returns the outcome (sent, failed or dead)."""
         rule = next((r for r in self.config.rules if r.name == delivery.rule), None)
         at = self.clock()
         started = time.perf_counter()
@@ -203,6 +206,7 @@ class Dispatcher:
         self._log(target, delivery, record)
         if self.on_attempt is not None:
             self.on_attempt(delivery, record)
+        return record.outcome
 
     def _log(self, target: Target, delivery: Delivery, record: AttemptRecord) -> None:
         context = kv(
@@ -214,7 +218,7 @@ class Dispatcher:
             error=record.error,
         )
         if record.outcome == "sent":
-            log.info("delivered", extra=context)
+            log.debug("delivered", extra=context)
         elif record.outcome == "dead":
             log.error("delivery is dead (notifier redeliver re-queues it)", extra=context)
         else:

@@ -52,6 +52,9 @@ def test_sigterm_then_restart_continues_where_it_stopped(tmp_path: Path, sim: Bl
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5
     assert "stopped" in daemon.log
+    # One summary line for the poll's events, none per event (that is debug level).
+    assert "detected events=3 call.appeared=2 call.started=1" in daemon.log
+    assert "event_id=" not in daemon.log
 
     # While it is down: a ends, b goes on, c appears.
     sim.set_calls([wire_call("b", "IN_PROGRESS"), wire_call("c")])

@@ -36,6 +36,9 @@ def test_sigkill_during_a_burst_loses_nothing(tmp_path: Path, sim: BlandSimulato
         daemon = DaemonProcess(tmp_path, env)
         wait_for(lambda: len({r.headers["webhook-id"] for r in rx.received}) >= 500, timeout=60)
         assert daemon.stop() == 0
+        # A line per batch of up to 50 attempts at info level, not one per message.
+        batches = [line for line in daemon.log.splitlines() if "delivery batch target=crm sent=" in line]
+        assert batches and "delivered" not in daemon.log
 
         ids = stored_event_ids(tmp_path)
         assert len(ids) == 500 and len(set(ids)) == 500  # detection itself never repeated
