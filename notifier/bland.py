@@ -206,14 +206,23 @@ class BlandClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def fetch_active(self) -> Snapshot:
-        """One poll of ``GET /v1/calls/active``, decoded in the same worker thread."""
-        return await self._in_thread(self._fetch_active)
+    async def fetch_active(self, then: Callable[[Snapshot | PollError], T]) -> tuple[Snapshot | PollError, T]:
+        """One poll of ``GET /v1/calls/active``: the decoded answer, or why there is none,
+        and what ``then`` makes of it in the same worker thread."""
 
-    def _fetch_active(self, request: _Request) -> Snapshot:
-        body = self._get("/v1/calls/active", request)
-        with self._decoding:
-            return self._decoder.decode(body)
+        def work(request: _Request) -> tuple[Snapshot | PollError, T]:
+            answer = self._fetch_active(request)
+            return answer, then(answer)
+
+        return await self._in_thread(work)
+
+    def _fetch_active(self, request: _Request) -> Snapshot | PollError:
+        try:
+            body = self._get("/v1/calls/active", request)
+            with self._decoding:
+                return self._decoder.decode(body)
+        except PollError as exc:
+            return exc
 
     async def fetch_details(self, call_id: str) -> dict[str, Any]:
         """``GET /v1/calls/{id}``, reduced to the scalar outcome fields SPEC names."""

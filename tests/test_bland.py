@@ -125,10 +125,9 @@ def client_for(sim: BlandSimulator, timeout: float = 1.0, key: str | None = None
 
 async def fetch(sim: BlandSimulator, **kw: object) -> object:
     async with client_for(sim, **kw) as client:  # type: ignore[arg-type]
-        try:
-            return await client.fetch_active()
-        except PollError as exc:
-            return exc
+        answer, seen = await client.fetch_active(lambda answer: answer)
+        assert seen is answer  # ``then`` gets the same answer
+        return answer
 
 
 def test_client_sends_auth_headers_and_user_agent(sim: BlandSimulator) -> None:
@@ -189,7 +188,7 @@ def test_client_reuses_one_connection(sim: BlandSimulator) -> None:
     async def go() -> None:
         async with client_for(sim) as client:
             for _ in range(3):
-                await client.fetch_active()
+                await client.fetch_active(lambda answer: None)
 
     started = time.perf_counter()
     anyio.run(go)
