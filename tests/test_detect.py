@@ -327,3 +327,34 @@ def test_shorter_threshold_fires_for_an_unchanged_call_object() -> None:
     t = detect(DetectState("i"), snap(same), T0, DetectSettings(stuck_queued_after=3600))
     t = detect(t.state, snap(same), T0 + 61, DetectSettings(stuck_queued_after=60))
     assert types(t) == [("call.stuck_queued", "a")]
+
+
+hostile_text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["²", "999999999999999", "-5", "1e3", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Call,
+            call_id=st.text(min_size=1, max_size=8),
+            status=st.one_of(st.sampled_from(STATUSES), st.text(max_size=12)),
+            timestamp=hostile_text,
+            start_time=hostile_text,
+            international=hostile_text,
+        ),
+        max_size=6,
+    )
+)
+def test_no_upstream_text_makes_detection_raise(entries: list[Call]) -> None:
+    """Whatever strings an entry holds, detection runs (timers included) and events
+    carry a valid time or none."""
+    cfg = DetectSettings(announce_existing=True, stuck_queued_after=1, long_running_after=1)
+    t = detect(DetectState("i"), snap(*entries), T0, cfg)
+    t = detect(t.state, snap(*entries), T0 + 3600, cfg)
+    t = detect(t.state, snap(), T0 + 3700, cfg)
+    for event in t.events:
+        assert event.data["call"]["created_at"] is None or event.data["call"]["created_at"].endswith("Z")
