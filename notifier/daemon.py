@@ -29,6 +29,7 @@ from notifier.sdnotify import Notifier, watchdog_interval
 from notifier.store import Store
 
 DRAIN_TIMEOUT = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Retention pruning runs this often, in small batches, off the poll path.
 PRUNE_EVERY = 600.0
 #: The WAL is folded back into the database this often, off the poll path.
@@ -82,6 +83,7 @@ class Daemon:
         state = await anyio.to_thread.run_sync(self.store.load_state)
         gc.freeze()  # the loaded state lives long: keep it out of every future collection
         self.poller = Poller(self.config, self.store, _client(self.config), state, self.clock)
+        handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
             if self.config.http is not None:
                 self.listener = Listener(
@@ -124,6 +126,8 @@ class Daemon:
             await self.poller.client.aclose()
             self.store.close()
             self.notify.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         log.info("stopped")
         return 0
 
@@ -181,14 +185,25 @@ class Daemon:
         return max(0.0, delay - (time.monotonic() - self._last_start))
 
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self._reload()
-                    continue
-                log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
-                self.stop()
-                return
+        # Listens until ``run`` ends: a second Ctrl-C (or ``timeout``, which signals the
+        # process and then its group) must not land in the default handler mid-shutdown.
+        try:
+            with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if not self._stop.is_set():
+                            await self._reload()
+                    elif self._stop.is_set():
+                        log.info("already stopping", extra=kv(signal=signal.Signals(signum).name))
+                    else:
+                        log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
+                        self.stop()
+        finally:
+            # ``run`` is past its loop and closing the store: a stop signal now would only
+            # repeat the request, and must not interrupt the close (``run`` restores the
+            # handlers once it is done).
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
 
     def stop(self) -> None:
         """Stop polling now; ``run`` then drains deliveries for a bounded time and returns."""
@@ -253,10 +268,7 @@ def early_signals() -> Iterator[Callable[[], bool]]:
     """Remember a SIGTERM/SIGINT that arrives while starting up (before the event loop
     installs its handlers), so that the daemon stops cleanly instead of dying."""
     received: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-        for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in STOP_SIGNALS}
     try:
         yield lambda: bool(received)
     finally:

@@ -11,12 +11,13 @@ import os
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
 from notifier.config import load_config
-from notifier.daemon import Daemon
+from notifier.daemon import Daemon, early_signals
 from notifier.simulator import BlandSimulator
 from notifier.store import Store
 from notifier.traffic import TrafficModel
@@ -66,15 +67,18 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
         )
         daemon = Daemon(config, env)
 
-        async def main() -> None:
+        async def main(stop_requested: Callable[[], bool]) -> None:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(daemon.run)
+                tg.start_soon(daemon.run, stop_requested)
                 if duration is not None:
                     await anyio.sleep(duration)
                     daemon.stop()
 
-        anyio.run(main)
-        _summary(config.storage.url, env)
+        # As `notifier run`: a Ctrl-C outside the daemon's own handling (while starting,
+        # or a second one while it shuts down) stops it cleanly instead of a traceback.
+        with early_signals() as stop_requested:
+            anyio.run(main, stop_requested)
+            _summary(config.storage.url, env)
     return 0
 
 

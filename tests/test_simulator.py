@@ -121,3 +121,19 @@ def test_demo_shows_every_kind_of_notification_within_30_seconds(tmp_path: Path)
         assert needle in out, needle
     assert "\x1b[" not in out  # not a terminal: plain text
     assert result.stderr == ""
+
+
+def test_timeout_ends_the_demo_cleanly(tmp_path: Path) -> None:
+    """`timeout -s INT` signals the demo and then its whole process group: two SIGINTs,
+    the second while the first is being handled. Still a clean stop and the summary."""
+    result = subprocess.run(
+        ["timeout", "-s", "INT", "6", PYTHON, "-m", "notifier", "demo", "--seed", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cli_env(None, tmp_path),
+        timeout=60,
+    )
+    assert result.returncode == 124  # timeout's own code: it had to send the signal
+    assert "Summary" in result.stdout, result.stderr
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
