@@ -199,7 +199,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     store = _open_store(_config(args))
     try:
         found = store.deliveries(status=args.status, limit=args.limit or None)
-        history = {d.id: store.attempts_of(d.id) for d in found} if args.json else {}
+        history = store.attempts_of([d.id for d in found]) if args.json else {}
     finally:
         store.close()
     if args.json:

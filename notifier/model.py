@@ -164,8 +164,11 @@ def created_at(call: Call) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
+_BOOLEANS = {"true": True, "false": False}
+
+
 def international(call: Call) -> bool | None:
-    return {"true": True, "false": False}.get(call.international.lower())
+    return _BOOLEANS.get(call.international.lower())
 
 
 def call_payload(call: Call) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def test_retry_after_five_minutes_is_signed_afresh_with_the_same_id(tmp_path: Pa
         assert int(second.headers["webhook-timestamp"]) == int(T0 + 360)
         assert second.verified is True, second.error
         assert second.body == first.body
-        attempts = store.attempts_of(delivery.id)
+        attempts = store.attempts_of([delivery.id])[delivery.id]
         assert [(a.outcome, a.status_code) for a in attempts] == [("failed", 500), ("sent", 200)]
         assert all(a.latency > 0 for a in attempts)
     result = run_cli(["--config", str(config.path), "deliveries", "--json"], {"PATH": "/usr/bin"}, tmp_path)

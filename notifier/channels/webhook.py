@@ -15,14 +15,12 @@ from typing import Any
 import httpx
 import msgspec
 
-from notifier import __version__
-from notifier.bland import retry_after_seconds
+from notifier.bland import USER_AGENT, retry_after_seconds
 from notifier.channels import Message, Outcome
 from notifier.config import Target
 from notifier.model import Event, iso
 from notifier.secret import redact
 
-USER_AGENT = f"bland-notifier/{__version__}"
 _encoder = msgspec.json.Encoder()
 
 
