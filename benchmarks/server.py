@@ -24,22 +24,45 @@ class _Server(ThreadingHTTPServer):
         """A daemon stopped mid-answer hangs up on us: normal here, not news."""
 
 
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _listen(handler: type[_Handler], port_out: Any) -> None:
+    server = _Server(("127.0.0.1", 0), handler)
+    port_out.put(server.server_address[1])
+    server.serve_forever()
+
+
+class _Process:
+    """``target(port_queue, *args)`` in a fresh interpreter; returns once it listens."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        context = multiprocessing.get_context("spawn")
+        ports = context.Queue()
+        self.process = context.Process(target=target, args=(ports, *args), daemon=True)
+        self.process.start()
+        self.port = ports.get(timeout=120)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(10)
+
+
 API_KEY = "bench-key"
 ORG_ID = "bench-org"
 
 
-def _serve(size: int, steady: bool, port_out: Any) -> None:
+def _serve(port_out: Any, size: int, steady: bool) -> None:
     campaign = Campaign(size)
     lock = threading.Lock()
-    state = {"body": campaign.body(), "version": 0}
+    state = {"body": campaign.body()}
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(_Handler):
         def do_GET(self) -> None:  # noqa: N802
             with lock:
                 if not steady:
@@ -60,18 +83,12 @@ def _serve(size: int, steady: bool, port_out: Any) -> None:
             self.send_header("content-length", "0")
             self.end_headers()
 
-    server = _Server(("127.0.0.1", 0), Handler)
-    port_out.put(server.server_address[1])
-    server.serve_forever()
+    _listen(Handler, port_out)
 
 
-class BenchServer:
+class BenchServer(_Process):
     def __init__(self, size: int, steady: bool = False) -> None:
-        context = multiprocessing.get_context("spawn")
-        ports = context.Queue()
-        self.process = context.Process(target=_serve, args=(size, steady, ports), daemon=True)
-        self.process.start()
-        self.port = ports.get(timeout=120)
+        super().__init__(_serve, size, steady)
 
     @property
     def base_url(self) -> str:
@@ -83,19 +100,9 @@ class BenchServer:
 
         urllib.request.urlopen(urllib.request.Request(f"{self.base_url}/calls/{call_id}", method="POST")).read()
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.join(10)
-
 
 def _receive(port_out: Any, arrivals: Any) -> None:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(_Handler):
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             call = body["data"].get("call") or {}
@@ -104,20 +111,15 @@ def _receive(port_out: Any, arrivals: Any) -> None:
             self.send_header("content-length", "0")
             self.end_headers()
 
-    server = _Server(("127.0.0.1", 0), Handler)
-    port_out.put(server.server_address[1])
-    server.serve_forever()
+    _listen(Handler, port_out)
 
 
-class Receiver:
+class Receiver(_Process):
     """Webhook receiver in another process; ``arrivals`` maps call_id -> first arrival time."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        ports, self._queue = context.Queue(), context.Queue()
-        self.process = context.Process(target=_receive, args=(ports, self._queue), daemon=True)
-        self.process.start()
-        self.port = ports.get(timeout=120)
+        self._queue: Any = multiprocessing.get_context("spawn").Queue()
+        super().__init__(_receive, self._queue)
         self.arrivals: dict[str, float] = {}
         self.count = 0
         threading.Thread(target=self._drain, daemon=True).start()
@@ -131,7 +133,3 @@ class Receiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.join(10)

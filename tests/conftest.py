@@ -6,14 +6,17 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from notifier.simulator import BlandSimulator
+from notifier.store import Store
 
 PYTHON = sys.executable
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -113,3 +116,14 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait(10)
         self._log.close()
+
+
+def from_store(directory: Path, read: Callable[[Store], list[T]]) -> list[T]:
+    """What ``read`` finds in a daemon's store (nothing before it has created its tables)."""
+    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
+    try:
+        return read(store)
+    except Exception:  # the daemon has not created the tables yet
+        return []
+    finally:
+        store.close()

@@ -7,27 +7,13 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from notifier.simulator import BlandSimulator, wire_call
 from notifier.store import Store
-from tests.conftest import DaemonProcess, cli_env, wait_for, write_config
+from tests.conftest import DaemonProcess, cli_env, from_store, wait_for, write_config
 
-T = TypeVar("T")
 ANNOUNCE = "[detect]\nannounce_existing = true\n"
-
-
-def from_store(directory: Path, read: Callable[[Store], list[T]]) -> list[T]:
-    """What ``read`` finds in the daemon's store (nothing before it has created its tables)."""
-    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
-    try:
-        return read(store)
-    except Exception:  # the daemon has not created the tables yet
-        return []
-    finally:
-        store.close()
 
 
 def events(directory: Path) -> list[tuple[str, str | None]]:

@@ -6,19 +6,14 @@ from collections import Counter
 from pathlib import Path
 
 from notifier.simulator import BlandSimulator, wire_call
-from notifier.store import Store
-from tests.conftest import DaemonProcess, announce_to, cli_env, wait_for, write_config
+from tests.conftest import DaemonProcess, announce_to, cli_env, from_store, wait_for, write_config
 from tests.receivers import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def stored_event_ids(directory: Path) -> list[str]:
-    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
-    try:
-        return [e.id for e in store.events(limit=None)]
-    finally:
-        store.close()
+    return from_store(directory, lambda store: [e.id for e in store.events(limit=None)])
 
 
 def test_sigkill_during_a_burst_loses_nothing(tmp_path: Path, sim: BlandSimulator) -> None:
