@@ -104,16 +104,17 @@ class Poller:
         started = time.perf_counter()
         state = self.state
 
-        def observe(answer: Snapshot | PollError) -> tuple[Snapshot | PollFailure, float, Transition]:
+        def observe(answer: Snapshot | PollError) -> tuple[float, Transition]:
             observation = PollFailure(answer.reason) if isinstance(answer, PollError) else answer
             now = self.clock()
-            return observation, now, detect(state, observation, now, config.detect)
+            return now, detect(state, observation, now, config.detect)
 
         # Pure and CPU-bound at large N, so off the event loop: in the worker thread that
         # fetched and decoded the answer, while the decoded calls are still in the CPU's
         # caches (one thread hop instead of two: ~12 % less CPU a poll at 10k calls).
-        answer, (observation, now, transition) = await self.client.fetch_active(observe)
+        answer, (now, transition) = await self.client.fetch_active(observe)
         error = answer if isinstance(answer, PollError) else None
+        snapshot = answer if isinstance(answer, Snapshot) else None
         events = transition.events
         if config.source.fetch_details and any(e.type == "call.disappeared" for e in events):
             events = await self._enrich(events, float(config.source.timeout))
@@ -124,8 +125,8 @@ class Poller:
             at=now,
             duration=duration,
             ok=error is None,
-            calls=len(observation.calls) if isinstance(observation, Snapshot) else None,
-            skipped=observation.skipped if isinstance(observation, Snapshot) else None,
+            calls=len(snapshot.calls) if snapshot is not None else None,
+            skipped=snapshot.skipped if snapshot is not None else None,
             error=error.reason if error else None,
         )
         try:
@@ -149,7 +150,7 @@ class Poller:
             )
         self.state = transition.state
         self.last_error = error
-        self._log(transition, observation, error)
+        self._log(transition, snapshot, error)
         return Cycle(
             ok=error is None,
             events=events,
@@ -187,12 +188,12 @@ class Poller:
             for e in events
         ]
 
-    def _log(self, transition: Transition, observation: Snapshot | PollFailure, error: PollError | None) -> None:
+    def _log(self, transition: Transition, snapshot: Snapshot | None, error: PollError | None) -> None:
         if error is not None:
             level = log.error if error.auth else log.warning
             level("poll failed", extra=kv(reason=error.reason, failures=self.failures))
-        elif isinstance(observation, Snapshot) and observation.skipped:
-            log.warning("skipped malformed entries", extra=kv(skipped=observation.skipped))
+        elif snapshot is not None and snapshot.skipped:
+            log.warning("skipped malformed entries", extra=kv(skipped=snapshot.skipped))
         if transition.events:
             # One line a poll: at 10k calls and 1 % churn a line per event would be 300
             # lines (and ~5 ms of formatting) every poll. Each event is at debug level.
