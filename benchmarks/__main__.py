@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import platform
+import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import anyio
 from sqlalchemy import Column, MetaData, String, Table, Text, create_engine
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from benchmarks.bodies import Campaign
+from benchmarks.bodies import OBJECTIVE, Campaign
 from benchmarks.server import API_KEY, ORG_ID, BenchServer, Receiver
 from notifier.bland import ActiveCallsDecoder, BlandClient
 from notifier.config import load_config
@@ -115,12 +117,18 @@ class Naive:
         self.previous = calls
 
 
-def bench_cycle(size: int, polls: int, steady_polls: int) -> dict[str, Any]:
+def campaign_bodies(size: int, count: int) -> list[bytes]:
+    """``count`` successive answers of one campaign of ``size`` calls."""
     campaign = Campaign(size)
     bodies = []
-    for _ in range(polls + 1):
+    for _ in range(count):
         bodies.append(campaign.body())
         campaign.step()
+    return bodies
+
+
+def bench_cycle(size: int, polls: int, steady_polls: int) -> dict[str, Any]:
+    bodies = campaign_bodies(size, polls + 1)
     with tempfile.TemporaryDirectory() as directory:
         pipeline, naive = Pipeline(directory), Naive(directory)
         pipeline.poll(bodies[0])  # the first poll builds the baseline; not what a daemon pays each time
@@ -158,6 +166,49 @@ def bench_cycle(size: int, polls: int, steady_polls: int) -> dict[str, Any]:
         "naive_ratio": statistics.fmean(naive_cycle) / base,
         "checkpoint_ratio": sum(checkpoints) / len(cycle) / base,
     }
+
+
+def store_history(path: Path, count: int) -> None:
+    """``count`` older events, as a daemon that has run for a while keeps them (for the
+    retention period, 30 days by default), each for a different call."""
+    rng = random.Random(2)
+    data = json.dumps({"call": {"objective": OBJECTIVE, "status": "QUEUED"}}).encode()
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO events (id, type, call_id, detected_at, data) VALUES (?, 'call.appeared', ?, ?, ?)",
+            (
+                (f"evt_history_{index:010d}", f"{rng.getrandbits(128):032x}", index / 100, data)
+                for index in range(count)
+            ),
+        )
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def bench_history(size: int, history: int, polls: int) -> dict[str, Any]:
+    """Persistence once the store holds ``history`` older events, against a new store,
+    poll by poll on the same bodies. Each new event's entry in the ``call_id`` index
+    (what ``events --call-id`` reads) lands on a random page of that index, so the
+    pages a poll writes grow with the history until there are more index pages than
+    events a poll."""
+    bodies = campaign_bodies(size, polls + 1)
+    with tempfile.TemporaryDirectory() as fresh_dir, tempfile.TemporaryDirectory() as old_dir:
+        fresh, old = Pipeline(fresh_dir), Pipeline(old_dir)
+        store_history(old.store.path, history)
+        loads: list[float] = []
+        persist: dict[int, list[float]] = {0: [], history: []}
+        for index, body in enumerate(bodies):
+            loads.append(cpu(lambda: json.loads(body)))  # noqa: B023
+            for pipeline, stored in ((fresh, 0), (old, history)):
+                spent = pipeline.poll(body)["persist"]
+                if index:  # the first poll builds the baseline
+                    persist[stored].append(spent)
+                if index % 2:
+                    pipeline.checkpoint()
+        fresh.store.close()
+        old.store.close()
+    base = statistics.fmean(loads)
+    return {"size": size, "persist": {stored: statistics.fmean(spent) / base for stored, spent in persist.items()}}
 
 
 def bench_http(size: int, polls: int) -> dict[str, Any]:
@@ -409,6 +460,16 @@ def report(results: dict[str, Any]) -> str:
     ]
     for r in results["cycle"]:
         lines.append(f"| {r['size']:,} | " + " | ".join(f"{r['stages'][stage]:.2f}x" for stage in STAGES) + " |")
+    if "history" in results:
+        h = results["history"]
+        lines += [
+            "",
+            f"## Persistence as events accumulate ({h['size']:,} calls, 1 % churn; mean CPU / json.loads)",
+            "",
+            "| events already stored | persist |",
+            "|---|---|",
+        ]
+        lines += [f"| {stored:,} | {ratio:.2f}x |" for stored, ratio in h["persist"].items()]
     lines += [
         "",
         "## Through the real HTTP client (loopback server in another process)",
@@ -453,6 +514,8 @@ def main() -> None:
     for size, polls, steady in sizes:
         print(f"cycle at {size:,} calls...", file=sys.stderr, flush=True)
         results["cycle"].append(bench_cycle(size, polls, steady))
+    print("persistence with a history of events...", file=sys.stderr, flush=True)
+    results["history"] = bench_history(1000, 20_000, 5) if args.quick else bench_history(10_000, 300_000, 20)
     results["http"] = [bench_http(1000 if args.quick else 10_000, 3 if args.quick else 15)]
     if not args.quick:
         print("daemon CPU per poll...", file=sys.stderr, flush=True)

@@ -21,3 +21,4 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = out.read_text()
     assert "| 1,000 |" in report and "cycle / json.loads" in report and "real HTTP client" in report
+    assert "| 20,000 |" in report  # the persistence-with-history table
