@@ -194,6 +194,7 @@ class BlandClient:
             timeout=timeout,
             follow_redirects=False,
         )
+        self._timeout = timeout
         self._decoder = ActiveCallsDecoder()
         self._decoding = threading.Lock()  # a cancelled fetch's thread may still be decoding
 
@@ -250,7 +251,15 @@ class BlandClient:
             raise
 
     def _get(self, path: str, request: _Request) -> bytearray:
-        """The body of a 2xx answer; any other outcome is a ``PollError`` saying why."""
+        """The body of a 2xx answer; any other outcome is a ``PollError`` saying why.
+
+        httpx's timeout bounds each connect and each read, so an answer that keeps
+        trickling in would hold the poll forever; ``source.timeout`` is per request,
+        so the whole exchange is cut off once it has had that long.
+        """
+        deadline = threading.Timer(self._timeout, request.expire)
+        deadline.daemon = True
+        deadline.start()
         try:
             with self._client.stream("GET", path) as response:
                 request.attach(response.extensions.get("network_stream"))
@@ -261,7 +270,11 @@ class BlandClient:
         except httpx.TimeoutException:
             raise PollError(f"GET {path}: timed out") from None
         except httpx.HTTPError as exc:
+            if request.expired:
+                raise PollError(f"GET {path}: timed out (no complete answer within {self._timeout:g} s)") from None
             raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+        finally:
+            deadline.cancel()
 
 
 def _read(path: str, response: httpx.Response) -> bytearray:
@@ -283,12 +296,14 @@ def _read(path: str, response: httpx.Response) -> bytearray:
 
 
 class _Request:
-    """One request's socket, so that cancelling the request can cut it off mid-read."""
+    """One request's socket, so that cancelling the request (or its deadline) can cut
+    it off mid-read."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self._interrupted = False
+        self.expired = False
 
     def attach(self, stream: Any) -> None:
         sock = stream.get_extra_info("socket") if stream is not None else None
@@ -301,6 +316,10 @@ class _Request:
     def detach(self) -> None:
         with self._lock:
             self._socket = None
+
+    def expire(self) -> None:
+        self.expired = True
+        self.interrupt()
 
     def interrupt(self) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ FAULTS = (
     "429",
     "timeout",  # no answer for `delay` seconds
     "stall",  # headers and half the body, then nothing for `delay` seconds
+    "trickle",  # headers, then the body a byte every 50 ms for `delay` seconds
     "reset",
     "truncated",
     "html_200",
@@ -167,6 +168,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             time.sleep(fault.delay or 5.0)
+            self.close_connection = True
+            return
+        if kind == "trickle":  # every read completes well within a read timeout
+            body = b'{"data": [], "errors": null}' + b" " * 10_000
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            until = time.monotonic() + (fault.delay or 5.0)
+            try:
+                for byte in body:
+                    if time.monotonic() > until:
+                        break
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the client hung up
             self.close_connection = True
             return
         if kind == "truncated":

@@ -166,6 +166,26 @@ def test_every_fault_kind_is_a_failed_poll_with_a_reason(sim: BlandSimulator, fa
         assert result.retry_after == 9.0
 
 
+def test_an_answer_that_keeps_trickling_in_is_cut_off_at_the_timeout(sim: BlandSimulator) -> None:
+    """Every read gets a byte within 50 ms, so no read ever times out: only the
+    per-request deadline ends it. The same client then polls normally."""
+    sim.set_calls([wire_call("a")])
+    sim.fail_next("trickle", delay=30)
+
+    async def two_polls() -> tuple[object, float, object]:
+        async with client_for(sim, timeout=1.0) as client:
+            started = time.monotonic()
+            first, _ = await client.fetch_active(lambda answer: answer)
+            elapsed = time.monotonic() - started
+            second, _ = await client.fetch_active(lambda answer: answer)
+            return first, elapsed, second
+
+    first, elapsed, second = anyio.run(two_polls)
+    assert isinstance(first, PollError) and "no complete answer within 1 s" in first.reason, first
+    assert elapsed < 10  # the trickle would have lasted 30 s (a bound, not a speed check)
+    assert list(second.calls) == ["a"]  # type: ignore[attr-defined]
+
+
 def test_bad_credentials_say_so(sim: BlandSimulator) -> None:
     result = anyio.run(lambda: fetch(sim, key="wrong-key-123"))
     assert isinstance(result, PollError) and result.auth
