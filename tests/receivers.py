@@ -34,6 +34,7 @@ class _State:
     statuses: list[int] = field(default_factory=list)  # consumed first, then `status`
     headers: dict[str, str] = field(default_factory=dict)
     hang: float = 0.0
+    trickle: float = 0.0  # seconds of sending the reply a byte every 50 ms
     reply: bytes = b'{"ok":true}'
     lock: threading.Lock = field(default_factory=threading.Lock)
     now: float | None = None  # the consumer's clock for signature age checks
@@ -73,18 +74,29 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.received.append(Received(self.path, headers, body, verified, error))
             status = state.statuses.pop(0) if state.statuses else state.status
-            hang, extra, payload = state.hang, dict(state.headers), state.reply
+            hang, trickle, extra, payload = state.hang, state.trickle, dict(state.headers), state.reply
         if hang:
             time.sleep(hang)
         if verified is False:
             status = 401
+        if trickle:
+            payload += b" " * int(trickle * 20)
         self.send_response(status)
         for name, value in extra.items():
             self.send_header(name, value)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if not trickle:
+            self.wfile.write(payload)
+            return
+        try:
+            for byte in payload:  # every read completes well within any read timeout
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            self.close_connection = True  # the sender gave up
 
 
 class _Server(ThreadingHTTPServer):
@@ -130,6 +142,7 @@ class Receiver:
         then: list[int] | None = None,
         headers: dict[str, str] | None = None,
         hang: float = 0.0,
+        trickle: float = 0.0,
         reply: bytes = b'{"ok":true}',
     ) -> None:
         with self.state.lock:
@@ -138,6 +151,7 @@ class Receiver:
             self.state.statuses = list(then or [])
             self.state.headers = dict(headers or {})
             self.state.hang = hang
+            self.state.trickle = trickle
 
     @property
     def received(self) -> list[Received]:

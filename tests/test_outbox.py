@@ -189,6 +189,21 @@ def test_event_order_and_backoff_does_not_block_later_rows(tmp_path: Path) -> No
         assert [d.status for d in store.deliveries()] == ["pending", "sent", "sent", "sent", "sent"]
 
 
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(tmp_path: Path) -> None:
+    """Each read gets a byte within 50 ms, so no read times out: only the deadline on the
+    whole exchange ends the attempt, which is then retried like any failure."""
+    with Receiver(SECRET) as rx:
+        rx.respond(200, trickle=30)
+        config = webhook_config(tmp_path, rx.url, extra='timeout = "1s"\n')
+        store, _ids = seed(config, 1)
+        started = time.monotonic()
+        anyio.run(Dispatcher(store, config).pass_once)
+        assert time.monotonic() - started < 10  # the answer would have taken 30 s (a bound, not a speed check)
+        (delivery,) = store.deliveries()
+        assert delivery.status == "pending" and delivery.attempts == 1
+        assert delivery.last_error is not None and "no complete answer" in delivery.last_error
+
+
 def test_a_hanging_target_does_not_delay_another(tmp_path: Path) -> None:
     with Receiver() as slow, Receiver() as fast:
         slow.respond(200, hang=5)

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 
@@ -61,12 +62,19 @@ class WebhookChannel:
         headers = {"webhook-id": event.id, "webhook-timestamp": str(timestamp)}
         if self.target.secret is not None:
             headers["webhook-signature"] = sign(self.target.secret.reveal(), event.id, timestamp, body)
-        try:
-            response = await self._client.post(self.target.url.reveal(), content=body, headers=headers)
-        except httpx.TimeoutException:
-            return Outcome(ok=False, error=f"timed out after {self.target.timeout:g}s")
-        except httpx.HTTPError as exc:
-            return Outcome(ok=False, error=self._safe(f"{type(exc).__name__}: {exc}"))
+        # httpx's timeout bounds each read; a receiver that trickles its answer would hold
+        # this target's queue forever without a deadline on the whole exchange.
+        with anyio.move_on_after(self.target.timeout):
+            try:
+                response = await self._client.post(self.target.url.reveal(), content=body, headers=headers)
+            except httpx.TimeoutException:
+                return Outcome(ok=False, error=f"timed out after {self.target.timeout:g}s")
+            except httpx.HTTPError as exc:
+                return Outcome(ok=False, error=self._safe(f"{type(exc).__name__}: {exc}"))
+            return self._outcome(response)
+        return Outcome(ok=False, error=f"timed out after {self.target.timeout:g}s (no complete answer)")
+
+    def _outcome(self, response: httpx.Response) -> Outcome:
         status = response.status_code
         if 200 <= status < 300:
             return Outcome(ok=True, status_code=status)
