@@ -25,14 +25,14 @@ from tests.receivers import Receiver
 HOSTILE = "<!channel> *URGENT* @everyone <http://evil.example|click here> [x](http://evil.example) `rm -rf` ~gone~"
 
 
-def target(url: str) -> Target:
+def target(url: str, timeout: float = 5) -> Target:
     return Target(
         name="t",
         kind="apprise",
         url=Secret(url),
         secret=None,
         min_interval=0,
-        timeout=5,
+        timeout=timeout,
         retry_initial=5,
         retry_max=600,
         give_up_after=86400,
@@ -114,6 +114,20 @@ def slack_post(objective: str, rule_body: str | None = None) -> dict:
         (got,) = rx.received
         assert got.path == "/services/T1SECRETAAA/B2SECRETBBB/C3SECRETCCCCCCCCCCCCCCCC"
         return json.loads(got.body)
+
+
+@pytest.mark.parametrize(("query", "fails"), [("", True), ("?rto=10", False)])
+def test_the_targets_timeout_applies_to_apprise_unless_the_url_sets_its_own(query: str, fails: bool) -> None:
+    """The stand-in answers after 2 s: past a 1 s target timeout, within Apprise's own
+    default (4 s) and within an ``rto`` the URL sets."""
+    with Receiver() as rx:
+        rx.respond(200, reply=b"ok", hang=2)
+        channel = AppriseChannel(target("slack://T1SECRETAAA/B2SECRETBBB/C3SECRETCCCCCCCCCCCCCCCC" + query, timeout=1))
+        channel.instance.webhook_url = rx.url.rsplit("/", 2)[0] + "/services"
+        outcome = anyio.run(channel.send, Message(events=[stuck_event("hi")], rule=None, attempt_at=0.0))
+        assert outcome.ok is not fails, outcome.error
+        if fails:
+            assert outcome.error is not None and "C3SECRET" not in outcome.error
 
 
 def test_slack_payload_with_hostile_objective_cannot_ping_link_or_format() -> None:

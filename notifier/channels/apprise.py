@@ -10,6 +10,7 @@ holds a thread that another target needs.
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import apprise
@@ -77,6 +78,13 @@ class AppriseChannel:
         if instance is None:  # config validation makes this unreachable for loaded configs
             raise ValueError(f"target {target.name}: Apprise cannot use this URL")
         instance.request_rate_per_sec = 0
+        # The target's ``timeout`` for each connect and read (Apprise's own default is
+        # 4 s), unless the URL sets Apprise's ``cto``/``rto`` itself.
+        given = parse_qs(urlsplit(target.url.reveal()).query)
+        if "cto" not in given:
+            instance.socket_connect_timeout = target.timeout
+        if "rto" not in given:
+            instance.socket_read_timeout = target.timeout
         self.instance = instance
         self.escape, self.body_format = _format_for(instance)
         self._apprise = apprise.Apprise()
