@@ -271,7 +271,7 @@ class BlandClient:
             raise PollError(f"GET {path}: timed out") from None
         except httpx.HTTPError as exc:
             if request.expired:
-                raise PollError(f"GET {path}: timed out (no complete answer within {self._timeout:g} s)") from None
+                raise PollError(f"GET {path}: timed out after {self._timeout:g}s (no complete answer)") from None
             raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
         finally:
             deadline.cancel()
