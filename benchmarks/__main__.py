@@ -500,7 +500,59 @@ def report(results: dict[str, Any]) -> str:
             f"| idle CPU, {idle['size']:,} steady calls, 5 s interval, {idle['seconds']:.0f} s | "
             f"**{idle['core_share'] * 100:.2f} %** of a core | < 1 % |",
         ]
+        lines += ["", "## The targets of issue 6", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {goal} | {measured} | {'yes' if met else '**no**'} |" for goal, measured, met in targets(results)]
+    lines += ["", READING]
     return "\n".join(line for line in lines if line != "").replace("\n## ", "\n\n## ").replace("|\n\n|", "|\n|") + "\n"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each figure issue 6 sets a target for."""
+    cycle = {r["size"]: r["ratio_mean"] for r in results["cycle"]}
+    d, dl, lat, idle, rss = (results[key] for key in ("daemon", "delivery", "latency", "idle", "rss"))
+    budget = lat["interval"] + 0.15
+    return [
+        ("poll cycle at 10,000 calls <= 0.8x json.loads (mean)", f"{cycle[10_000]:.2f}x", cycle[10_000] <= 0.8),
+        ("poll cycle at 100,000 calls <= 1.0x", f"{cycle[100_000]:.2f}x", cycle[100_000] <= 1.0),
+        ("whole-process CPU per poll at 10,000 calls <= 1.2x", f"{d['ratio']:.2f}x", d["ratio"] <= 1.2),
+        ("peak RSS at 100,000 calls < 300 MB", f"{rss['peak_rss_mb']:.0f} MB", rss["peak_rss_mb"] < 300),
+        ("1,000 webhooks < 5 s", f"{dl['seconds']:.2f} s", dl["seconds"] < 5),
+        (f"p99 detection-to-delivery <= {ms(budget)} ms", f"{ms(lat['p99'])} ms", lat["p99"] <= budget),
+        ("idle CPU < 1 % of a core", f"{idle['core_share'] * 100:.2f} %", idle["core_share"] < 0.01),
+    ]
+
+
+READING = """## Reading these figures
+
+* **Decoding**: msgspec splits the list into raw entries, each entry is fingerprinted (a
+  64-bit hash of its bytes), and only new or changed entries are decoded; an unchanged call
+  is the very object of the previous poll. Splitting and hashing the body is most of it,
+  and most of the steady state.
+* **Detection**: an unchanged call is skipped after one identity check and one comparison
+  with its precomputed next-timer time; the rest is building ~300 events a poll (at 10k
+  calls) with their call payloads.
+* **Persistence**: ~300 events with their call payloads, ~300 outbox rows and ~300
+  call-row changes a poll (at 10k calls), in one transaction that is fsynced before
+  anything is sent (a poll without events is not fsynced). This durable event log and
+  outbox, which the issue's reference cycle did not write, are why the 10k cycle stays
+  above 0.8x: decoding and persisting alone are about 0.85x. At 100k calls `json.loads`
+  grows faster than linearly and the cycle does not.
+* **History**: each new event's entry in the `call_id` index (what `events --call-id`
+  reads) lands on a random page of that index, so once the index has more pages than a
+  poll has events, every event dirties one page more. At very high churn a shorter
+  `storage.retention` keeps this down.
+* **WAL checkpoints** run on a 10 s timer, off the poll path; their cost is shown
+  separately.
+* **The HTTP client** reads with blocking reads in a worker thread, which also decodes and
+  detects. The loopback server builds every answer on the same two cores, which costs the
+  daemon cache misses that a remote API would not.
+* **The daemon as a process** runs at the default log level (info: one line per poll with
+  events, one per delivery batch) and polls every 200 ms; its CPU comes from `/proc` over
+  25 polls, and `json.loads` is timed in the benchmark process during those same seconds.
+* **Noise**: this is a shared 2-core VM; `json.loads` of the same 6 MB body takes between
+  18 and 35 ms from one minute to the next. Between runs the cycle ratios move by about
+  0.05, the whole-process ratio by about 0.2, the webhook burst between 1.8 s and 4.6 s,
+  and the latency p99 between 250 ms and 354 ms."""
 
 
 def main() -> None:
