@@ -16,6 +16,8 @@ from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import httpx
 import msgspec
 
@@ -243,12 +245,34 @@ class BlandClient:
         }
 
     async def _in_thread(self, work: Callable[[_Request], T]) -> T:
+        """``work`` in a daemon thread of its own, not in anyio's pool: a request still
+        waiting for its answer's headers has no socket to cut off yet, and a stopping
+        process must not wait for it (a pool thread would hold up the exit)."""
         request = _Request()
+        outcome: list[tuple[bool, Any]] = []
+        done = anyio.Event()
+        token = anyio.lowlevel.current_token()
+
+        def run() -> None:
+            try:
+                outcome.append((True, work(request)))
+            except BaseException as exc:  # handed to the awaiting task, which raises it
+                outcome.append((False, exc))
+            try:
+                anyio.from_thread.run_sync(done.set, token=token)
+            except RuntimeError:
+                pass  # the event loop is gone: the daemon stopped and nobody waits
+
+        threading.Thread(target=run, name="bland-request", daemon=True).start()
         try:
-            return await anyio.to_thread.run_sync(work, request, abandon_on_cancel=True)
+            await done.wait()
         except anyio.get_cancelled_exc_class():
             request.interrupt()  # the thread then fails fast instead of reading on
             raise
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast("T", value)
 
     def _get(self, path: str, request: _Request) -> bytearray:
         """The body of a 2xx answer; any other outcome is a ``PollError`` saying why.

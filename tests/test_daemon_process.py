@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from notifier.simulator import BlandSimulator, wire_call
 from notifier.store import Store
 from tests.conftest import DaemonProcess, cli_env, from_store, wait_for, write_config
@@ -134,16 +136,18 @@ def test_polls_start_every_interval_however_long_a_poll_takes(tmp_path: Path, si
     assert 0.35 < gaps[len(gaps) // 2] < 0.52, gaps
 
 
-def test_sigterm_during_a_stalled_answer_stops_at_once(tmp_path: Path, sim: BlandSimulator) -> None:
-    """Bland sends headers and half a body, then nothing, well within the read timeout:
-    the blocked read in its worker thread is cut off, so the stop does not wait for it."""
+@pytest.mark.parametrize("fault", ["stall", "timeout"])
+def test_sigterm_during_a_stalled_answer_stops_at_once(tmp_path: Path, sim: BlandSimulator, fault: str) -> None:
+    """Bland sends headers and half a body, then nothing (``stall``), or no answer at all
+    (``timeout``), well within the timeout: the request blocked in its thread does not
+    hold up the stop."""
     path = write_config(tmp_path, sim, ANNOUNCE)
     path.write_text(path.read_text().replace('timeout = "2s"', 'timeout = "60s"'))
     sim.set_calls([wire_call("a")])
     daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
     wait_for(lambda: events(tmp_path))  # up and polling
     requests = len(sim.requests)
-    sim.fail_next("stall", delay=30)
+    sim.fail_next(fault, delay=30)
     wait_for(lambda: len(sim.requests) > requests)
     time.sleep(0.3)  # the daemon is now blocked reading the body
     started = time.monotonic()
