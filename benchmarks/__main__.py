@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -173,15 +174,15 @@ def store_history(path: Path, count: int) -> None:
     retention period, 30 days by default), each for a different call."""
     rng = random.Random(2)
     data = json.dumps({"call": {"objective": OBJECTIVE, "status": "QUEUED"}}).encode()
-    with sqlite3.connect(path) as conn:
-        conn.executemany(
-            "INSERT INTO events (id, type, call_id, detected_at, data) VALUES (?, 'call.appeared', ?, ?, ?)",
-            (
-                (f"evt_history_{index:010d}", f"{rng.getrandbits(128):032x}", index / 100, data)
-                for index in range(count)
-            ),
-        )
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
+        with conn:  # one transaction
+            conn.executemany(
+                "INSERT INTO events (id, type, call_id, detected_at, data) VALUES (?, 'call.appeared', ?, ?, ?)",
+                (
+                    (f"evt_history_{index:010d}", f"{rng.getrandbits(128):032x}", index / 100, data)
+                    for index in range(count)
+                ),
+            )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
