@@ -211,13 +211,17 @@ class BlandClient:
 
     async def fetch_active(self, then: Callable[[Snapshot | PollError], T]) -> tuple[Snapshot | PollError, T]:
         """One poll of ``GET /v1/calls/active``: the decoded answer, or why there is none,
-        and what ``then`` makes of it in the same worker thread."""
+        and what ``then`` makes of it in the same worker thread. ``then`` must be pure: a
+        thread left behind at its backstop may still call it, for nobody."""
 
         def work(request: _Request) -> tuple[Snapshot | PollError, T]:
             answer = self._fetch_active(request)
             return answer, then(answer)
 
-        return await self._in_thread(work)
+        try:
+            return await self._in_thread("GET /v1/calls/active", work)
+        except PollError as exc:  # the request outlived its backstop (see ``_in_thread``)
+            return exc, then(exc)
 
     def _fetch_active(self, request: _Request) -> Snapshot | PollError:
         try:
@@ -230,7 +234,7 @@ class BlandClient:
     async def fetch_details(self, call_id: str) -> dict[str, Any]:
         """``GET /v1/calls/{id}``, reduced to the scalar outcome fields SPEC names."""
         path = f"/v1/calls/{quote(call_id, safe='')}"
-        content = await self._in_thread(lambda request: self._get(path, request))
+        content = await self._in_thread(f"GET {path}", lambda request: self._get(path, request))
         try:
             body = _any_decoder.decode(content)
         except msgspec.DecodeError as exc:
@@ -244,10 +248,16 @@ class BlandClient:
             for name in DETAIL_FIELDS
         }
 
-    async def _in_thread(self, work: Callable[[_Request], T]) -> T:
+    async def _in_thread(self, what: str, work: Callable[[_Request], T]) -> T:
         """``work`` in a daemon thread of its own, not in anyio's pool: a request still
         waiting for its answer's headers has no socket to cut off yet, and a stopping
-        process must not wait for it (a pool thread would hold up the exit)."""
+        process must not wait for it (a pool thread would hold up the exit).
+
+        The request's own deadline (``_get``) cuts its socket at ``timeout``. Before the
+        headers there is no socket, and a server trickling its headers never trips a
+        read timeout, so the wait here is bounded too: at twice the timeout plus a second
+        (time enough to decode and detect a complete answer), the thread is left to fail.
+        """
         request = _Request()
         outcome: list[tuple[bool, Any]] = []
         done = anyio.Event()
@@ -264,11 +274,16 @@ class BlandClient:
                 pass  # the event loop is gone: the daemon stopped and nobody waits
 
         threading.Thread(target=run, name="bland-request", daemon=True).start()
+        limit = 2 * self._timeout + 1.0
         try:
-            await done.wait()
+            with anyio.move_on_after(limit):
+                await done.wait()
         except anyio.get_cancelled_exc_class():
             request.interrupt()  # the thread then fails fast instead of reading on
             raise
+        if not outcome:
+            request.interrupt()
+            raise PollError(f"{what}: timed out after {limit:g}s (no answer)")
         ok, value = outcome[0]
         if not ok:
             raise value

@@ -30,6 +30,7 @@ FAULTS = (
     "timeout",  # no answer for `delay` seconds
     "stall",  # headers and half the body, then nothing for `delay` seconds
     "trickle",  # headers, then the body a byte every 50 ms for `delay` seconds
+    "trickle_headers",  # the status line, then the headers a byte every 50 ms for `delay` seconds
     "reset",
     "truncated",
     "html_200",
@@ -170,19 +171,23 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay or 5.0)
             self.close_connection = True
             return
-        if kind == "trickle":  # every read completes well within a read timeout
+        if kind in ("trickle", "trickle_headers"):  # every read completes well within a read timeout
             body = b'{"data": [], "errors": null}' + b" " * 10_000
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
+            head = (
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n".encode()
+                + b"x-padding: "
+                + b"x" * 10_000
+                + b"\r\n\r\n"
+            )
+            fast, slow = (b"", head + body) if kind == "trickle_headers" else (head, body)
             until = time.monotonic() + (fault.delay or 5.0)
             try:
-                for byte in body:
+                self.wfile.write(fast)
+                for byte in slow:
                     if time.monotonic() > until:
                         break
                     self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
                     time.sleep(0.05)
             except OSError:
                 pass  # the client hung up
