@@ -253,10 +253,11 @@ class BlandClient:
         waiting for its answer's headers has no socket to cut off yet, and a stopping
         process must not wait for it (a pool thread would hold up the exit).
 
-        The request's own deadline (``_get``) cuts its socket at ``timeout``. Before the
-        headers there is no socket, and a server trickling its headers never trips a
-        read timeout, so the wait here is bounded too: at twice the timeout plus a second
-        (time enough to decode and detect a complete answer), the thread is left to fail.
+        Two deadlines, because httpx's timeout bounds each connect and each read, and an
+        answer that keeps trickling in never trips one. At ``timeout`` (SPEC: per
+        request) the socket of an answer still arriving is cut. Before the headers there
+        is no socket, so at twice the timeout plus a second (time enough to decode and
+        detect a complete answer) the thread is left to fail on its own.
         """
         request = _Request()
         outcome: list[tuple[bool, Any]] = []
@@ -274,31 +275,27 @@ class BlandClient:
                 pass  # the event loop is gone: the daemon stopped and nobody waits
 
         threading.Thread(target=run, name="bland-request", daemon=True).start()
-        limit = 2 * self._timeout + 1.0
+        backstop = 2 * self._timeout + 1.0
         try:
-            with anyio.move_on_after(limit):
-                await done.wait()
+            with anyio.move_on_after(backstop):
+                with anyio.move_on_after(self._timeout):
+                    await done.wait()
+                if not done.is_set():
+                    request.expire()
+                    await done.wait()
         except anyio.get_cancelled_exc_class():
             request.interrupt()  # the thread then fails fast instead of reading on
             raise
         if not outcome:
             request.interrupt()
-            raise PollError(f"{what}: timed out after {limit:g}s (no answer)")
+            raise PollError(f"{what}: timed out after {backstop:g}s (no answer)")
         ok, value = outcome[0]
         if not ok:
             raise value
         return cast("T", value)
 
     def _get(self, path: str, request: _Request) -> bytearray:
-        """The body of a 2xx answer; any other outcome is a ``PollError`` saying why.
-
-        httpx's timeout bounds each connect and each read, so an answer that keeps
-        trickling in would hold the poll forever; ``source.timeout`` is per request,
-        so the whole exchange is cut off once it has had that long.
-        """
-        deadline = threading.Timer(self._timeout, request.expire)
-        deadline.daemon = True
-        deadline.start()
+        """The body of a 2xx answer; any other outcome is a ``PollError`` saying why."""
         try:
             with self._client.stream("GET", path) as response:
                 request.attach(response.extensions.get("network_stream"))
@@ -312,8 +309,6 @@ class BlandClient:
             if request.expired:
                 raise PollError(f"GET {path}: timed out after {self._timeout:g}s (no complete answer)") from None
             raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
-        finally:
-            deadline.cancel()
 
 
 def _read(path: str, response: httpx.Response) -> bytearray:
