@@ -30,7 +30,7 @@ FAULTS = (
     "timeout",  # no answer for `delay` seconds
     "stall",  # headers and half the body, then nothing for `delay` seconds
     "trickle",  # headers, then the body a byte every 50 ms for `delay` seconds
-    "trickle_headers",  # the status line, then the headers a byte every 50 ms for `delay` seconds
+    "trickle_headers",  # the whole answer, headers included, a byte every 50 ms for `delay` seconds
     "reset",
     "truncated",
     "html_200",
