@@ -275,7 +275,7 @@ class BlandClient:
                 pass  # the event loop is gone: the daemon stopped and nobody waits
 
         threading.Thread(target=run, name="bland-request", daemon=True).start()
-        backstop = 2 * self._timeout + 1.0
+        backstop = request_backstop(self._timeout)
         try:
             with anyio.move_on_after(backstop):
                 with anyio.move_on_after(self._timeout):
@@ -309,6 +309,11 @@ class BlandClient:
             if request.expired:
                 raise PollError(f"GET {path}: timed out after {self._timeout:g}s (no complete answer)") from None
             raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+
+
+def request_backstop(timeout: float) -> float:
+    """The longest a request (with the decoding of its answer) is waited for."""
+    return 2 * timeout + 1.0
 
 
 def _read(path: str, response: httpx.Response) -> bytearray:

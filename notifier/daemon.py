@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import anyio
 
-from notifier.bland import BlandClient
+from notifier.bland import BlandClient, request_backstop
 from notifier.config import Config, ConfigError, load_config
 from notifier.detect import DetectState
 from notifier.durations import format_duration
@@ -26,7 +26,7 @@ from notifier.metrics import Metrics
 from notifier.outbox import Dispatcher
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
-from notifier.store import Store
+from notifier.store import BUSY_TIMEOUT, Store
 
 DRAIN_TIMEOUT = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -241,7 +241,10 @@ class Daemon:
         log.info("reloaded", extra=kv(rules=len(new.rules), targets=len(new.targets)))
 
     async def _watchdog(self, interval: float) -> None:
-        stall_limit = 2 * float(self.config.source.timeout) + DETAILS_BUDGET + 30.0
+        # Past the longest a working poll can take (its request, the details budget, a
+        # writer's wait for the lock, and a margin for the work itself), the poll is hung:
+        # keep-alives stop and systemd restarts the daemon.
+        stall_limit = request_backstop(float(self.config.source.timeout)) + DETAILS_BUDGET + BUSY_TIMEOUT + 30.0
         while True:
             busy = self._busy_since
             if busy is None or time.monotonic() - busy < stall_limit:

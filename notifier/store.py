@@ -44,6 +44,8 @@ from notifier.model import CallState, Event, SourceState
 from notifier.route import PlannedDelivery
 
 POLL_LOG_KEEP = 1000
+#: Seconds a writer waits for another writer's lock (the daemon vs a CLI command).
+BUSY_TIMEOUT = 30
 WRITE_CHUNK = 5000
 
 metadata = MetaData()
@@ -158,7 +160,7 @@ def _create_private(path: Path) -> None:
 
 
 def _make_engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -166,7 +168,7 @@ def _make_engine(path: Path) -> Engine:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
         # Checkpoints copy the WAL back into the database: that work is kept off the
         # poll path and done by ``checkpoint()`` on a timer (closing the last
