@@ -286,8 +286,7 @@ class BlandClient:
         except anyio.get_cancelled_exc_class():
             request.interrupt()  # the thread then fails fast instead of reading on
             raise
-        if not outcome:
-            request.interrupt()
+        if not outcome:  # expired above already: the thread fails once it gets a socket
             raise PollError(f"{what}: timed out after {backstop:g}s (no answer)")
         ok, value = outcome[0]
         if not ok:

@@ -140,7 +140,7 @@ class Daemon:
         finally:
             self._busy_since = None
         self.dispatcher.wake(cycle.targets)
-        self.metrics.observe_poll(cycle.ok, cycle.duration, cycle.events, cycle.skipped, cycle.at)
+        self.metrics.observe_poll(cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
         if self.notify.enabled:  # the queue query runs only when systemd is listening
             self._status = await self._status_line(cycle)
             self.notify.status(self._status)

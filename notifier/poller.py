@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import anyio
 import msgspec
@@ -67,6 +68,11 @@ class Cycle:
     duration: float
     at: float
     error: PollError | None = None
+
+    @cached_property
+    def counts(self) -> Counter[str]:
+        """The events by type, counted once for the log line and the metrics."""
+        return Counter(event.type for event in self.events)
 
 
 class Poller:
@@ -150,8 +156,7 @@ class Poller:
             )
         self.state = transition.state
         self.last_error = error
-        self._log(transition, snapshot, error)
-        return Cycle(
+        cycle = Cycle(
             ok=error is None,
             events=events,
             targets=frozenset(p.target for p in planned),
@@ -161,6 +166,8 @@ class Poller:
             at=now,
             error=error,
         )
+        self._log(cycle, snapshot)
+        return cycle
 
     async def _enrich(self, events: list[Event], timeout: float) -> list[Event]:
         """Attach call details to disappeared events, within a bounded time."""
@@ -188,16 +195,17 @@ class Poller:
             for e in events
         ]
 
-    def _log(self, transition: Transition, snapshot: Snapshot | None, error: PollError | None) -> None:
+    def _log(self, cycle: Cycle, snapshot: Snapshot | None) -> None:
+        error = cycle.error
         if error is not None:
             level = log.error if error.auth else log.warning
             level("poll failed", extra=kv(reason=error.reason, failures=self.failures))
         elif snapshot is not None and snapshot.skipped:
             log.warning("skipped malformed entries", extra=kv(skipped=snapshot.skipped))
-        if transition.events:
+        if cycle.events:
             # One line a poll: at 10k calls and 1 % churn a line per event would be 300
             # lines (and ~5 ms of formatting) every poll. Each event is at debug level.
-            log.info("detected", extra=kv(events=len(transition.events), **Counter(e.type for e in transition.events)))
+            log.info("detected", extra=kv(events=len(cycle.events), **cycle.counts))
             if log.isEnabledFor(logging.DEBUG):
-                for event in transition.events:
+                for event in cycle.events:
                     log.debug(event.type, extra=kv(event_id=event.id, call_id=event.call_id))

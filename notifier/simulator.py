@@ -92,6 +92,26 @@ class _Shared:
     rng: random.Random = field(default_factory=random.Random)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def active_body(self) -> bytes:
+        """The answer to ``GET /v1/calls/active`` as it stands."""
+        with self.lock:
+            return json.dumps({"data": list(self.calls), "errors": None}).encode()
+
+
+def trickle(out: Any, data: bytes, seconds: float) -> None:
+    """Write ``data`` a byte every 50 ms, for at most ``seconds``: every read on the other
+    end completes well within any read timeout, yet the answer never does."""
+    until = time.monotonic() + seconds
+    try:
+        for byte in data:
+            if time.monotonic() > until:
+                return
+            out.write(bytes([byte]))
+            out.flush()
+            time.sleep(0.05)
+    except OSError:
+        pass  # the client hung up
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -123,9 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._fail(fault)
             return
         if self.path.rstrip("/") == "/v1/calls/active":
-            with shared.lock:
-                body = json.dumps({"data": list(shared.calls), "errors": None}).encode()
-            self._send(200, body)
+            self._send(200, shared.active_body())
         elif self.path.startswith("/v1/calls/"):
             call_id = self.path.removeprefix("/v1/calls/")
             with shared.lock:
@@ -160,8 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         if kind == "stall":
-            with self.server.shared.lock:
-                body = json.dumps({"data": list(self.server.shared.calls), "errors": None}).encode()
+            body = self.server.shared.active_body()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -171,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay or 5.0)
             self.close_connection = True
             return
-        if kind in ("trickle", "trickle_headers"):  # every read completes well within a read timeout
+        if kind in ("trickle", "trickle_headers"):
             body = b'{"data": [], "errors": null}' + b" " * 10_000
             head = (
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -180,17 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
                 + b"x" * 10_000
                 + b"\r\n\r\n"
             )
-            fast, slow = (b"", head + body) if kind == "trickle_headers" else (head, body)
-            until = time.monotonic() + (fault.delay or 5.0)
-            try:
-                self.wfile.write(fast)
-                for byte in slow:
-                    if time.monotonic() > until:
-                        break
-                    self.wfile.write(bytes([byte]))
-                    time.sleep(0.05)
-            except OSError:
-                pass  # the client hung up
+            if kind == "trickle":
+                self.wfile.write(head)
+            trickle(self.wfile, body if kind == "trickle" else head + body, fault.delay or 5.0)
             self.close_connection = True
             return
         if kind == "truncated":

@@ -385,13 +385,13 @@ class Store:
                 return []
             singles = [r.id for r in rows if r.event_count == 1]
             digests = [r.id for r in rows if r.event_count != 1]
-            found = list(
-                conn.execute(
+            found: list[Any] = []
+            if singles:
+                found += conn.execute(
                     select(deliveries.c.id.label("delivery_id"), events)
                     .join(events, events.c.id == deliveries.c.event_id)
                     .where(deliveries.c.id.in_(singles))
-                )
-            )
+                ).all()
             if digests:
                 found += conn.execute(
                     select(delivery_events.c.delivery_id, events)

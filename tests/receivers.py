@@ -12,6 +12,8 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from notifier import simulator
+
 
 @dataclass
 class Received:
@@ -87,16 +89,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
-        if not trickle:
+        if trickle:
+            simulator.trickle(self.wfile, payload, trickle)
+            self.close_connection = True
+        else:
             self.wfile.write(payload)
-            return
-        try:
-            for byte in payload:  # every read completes well within any read timeout
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.05)
-        except OSError:
-            self.close_connection = True  # the sender gave up
 
 
 class _Server(ThreadingHTTPServer):
