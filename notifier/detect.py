@@ -118,17 +118,13 @@ def _on_failure(state: DetectState, failure: PollFailure, now: float, settings: 
     out = _Emitter(state, now)
     src = state.source
     since = src.failing_since if src.failing_since is not None else now
-    failures = src.failures + 1
-    unreachable = src.unreachable
-    if not unreachable and now - since >= settings.unreachable_after:
-        unreachable = True
+    source = msgspec.structs.replace(src, failing_since=since, failures=src.failures + 1, last_error=failure.reason)
+    if not source.unreachable and source.unreachable_at(now, settings.unreachable_after):
         out.emit(
             "source.unreachable",
-            {"since": iso(since), "consecutive_failures": failures, "last_error": failure.reason},
+            {"since": iso(since), "consecutive_failures": source.failures, "last_error": failure.reason},
         )
-    source = msgspec.structs.replace(
-        src, failing_since=since, failures=failures, last_error=failure.reason, unreachable=unreachable
-    )
+        source = msgspec.structs.replace(source, unreachable=True)
     new = msgspec.structs.replace(state, source=source, next_seq=out.seq)
     return Transition(state=new, events=out.events, changed=[], removed=[])
 

@@ -26,7 +26,7 @@ def health(state: DetectState | None, now: float, unreachable_after: float) -> t
     if state is None or not state.source.ever_succeeded and state.source.failures == 0:
         return 200, {"status": "starting"}
     src = state.source
-    unreachable = src.unreachable or (src.failing_since is not None and now - src.failing_since >= unreachable_after)
+    unreachable = src.unreachable_at(now, unreachable_after)
     body: dict[str, Any] = {
         "status": "unreachable" if unreachable else ("degraded" if src.failures else "ok"),
         "last_successful_poll": iso(src.last_success),

@@ -88,6 +88,11 @@ class SourceState(msgspec.Struct, frozen=True):
     last_error: str | None = None
     unreachable: bool = False  # source.unreachable emitted and not yet recovered
 
+    def unreachable_at(self, now: float, after: float) -> bool:
+        """Whether the source counts as unreachable at ``now``: failing for ``after``
+        seconds, whether or not a poll has said so yet."""
+        return self.unreachable or (self.failing_since is not None and now - self.failing_since >= after)
+
 
 class Event(msgspec.Struct, frozen=True):
     """A detected transition. ``data`` holds the type's fields (and ``call``)."""
