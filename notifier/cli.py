@@ -12,8 +12,9 @@ from typing import Any
 import msgspec
 
 from notifier import __version__
-from notifier.config import EX_CONFIG, Config, ConfigError, load_config, resolve_path
-from notifier.durations import parse_duration
+from notifier.config import EX_CONFIG, Config, ConfigError, load_config, load_storage, resolve_path, storage_secrets
+from notifier.durations import format_duration, parse_duration
+from notifier.lease import LeaseHeld
 from notifier.listener import ListenerError
 from notifier.logs import LEVELS, log, register_secrets, setup_logging
 from notifier.model import Event, iso
@@ -21,6 +22,7 @@ from notifier.route import RuleError, expand_event_patterns
 from notifier.store import Store, StoreError
 
 Handler = Callable[[argparse.Namespace], int]
+EX_TEMPFAIL = 75
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "--type", action="append", default=[], metavar="TYPE", help="event type (repeatable; call.* allowed)"
     )
     ev.add_argument("--call-id", metavar="ID")
+    ev.add_argument("--source", metavar="NAME", help="only events of this source ([[sources]] name)")
     ev.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--duration", default=None, help='stop by itself after this long, e.g. "30s"')
 
+    st = commands.add_parser("status", help="who leads, each source's health, active calls, queue")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_commands.add_parser("upgrade", help="apply migrations")
@@ -96,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"notifier: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except LeaseHeld as exc:
+        print(f"notifier: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except (StoreError, ListenerError) as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 1
@@ -109,9 +118,17 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
-def _open_store(config: Config) -> Store:
-    store = Store(config.storage.url)
-    store.upgrade()
+def _read_store(args: argparse.Namespace) -> Store:
+    """The store for read commands: only [storage] of the config is read (no API key,
+    target secret or credential needs to be present), and nothing is ever created."""
+    storage = load_storage(resolve_path(args.config))
+    register_secrets(storage_secrets(storage))
+    store = Store(storage.url, create=False)
+    try:
+        store.require_schema()
+    except StoreError:
+        store.close()
+        raise
     return store
 
 
@@ -134,7 +151,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _config(args)
     print(f"{config.path}: valid")
-    print(f"source: {config.source.base_url} every {config.poll_interval:g}s")
+    for source in config.sources.values():
+        print(f"source {source.name}: {source.base_url} every {float(source.poll_interval):g}s")
+    print(f"storage: {_describe_storage(config.storage.url)} (lease {format_duration(float(config.storage.lease))})")
     print("targets:")
     for target in config.targets.values():
         print(f"  {target.name} ({target.kind}): {describe_target(target)}")
@@ -150,7 +169,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    config = _config(args)
     since = None
     if args.since:
         try:
@@ -161,9 +179,11 @@ def cmd_events(args: argparse.Namespace) -> int:
     types = _expand_types(args.type)
     if types is None:
         return 2
-    store = _open_store(config)
+    store = _read_store(args)
     try:
-        found = store.events(since=since, types=types, call_id=args.call_id, limit=args.limit or None)
+        found = store.events(
+            since=since, types=types, call_id=args.call_id, source=args.source, limit=args.limit or None
+        )
     finally:
         store.close()
     if args.json:
@@ -196,7 +216,7 @@ def _event_json(event: Event) -> dict[str, Any]:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    store = _read_store(args)
     try:
         found = store.deliveries(status=args.status, limit=args.limit or None)
         history = store.attempts_of([d.id for d in found]) if args.json else {}
@@ -240,13 +260,71 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_redeliver(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    store = _read_store(args)
     try:
         count = store.redeliver(time.time(), event_id=None if args.all_dead else args.event)
     finally:
         store.close()
     print(f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from notifier.lease import read_leader
+
+    store = _read_store(args)
+    try:
+        now = time.time()
+        info = read_leader(store)
+        sources = store.sources()
+        depth, oldest = store.queue_stats()
+    finally:
+        store.close()
+    leading = info is not None and info.held
+    reachable = all(not row.state.unreachable for row in sources)
+    report = {
+        "leader": {
+            "host": info.host,
+            "pid": info.pid,
+            "term": info.term,
+            "since": iso(info.since),
+            "lease_expires_in_seconds": round(info.expires_at - info.now, 3),
+        }
+        if leading and info is not None
+        else None,
+        "sources": [
+            {
+                "name": row.name,
+                "reachable": not row.state.unreachable,
+                "last_successful_poll": iso(row.state.last_success),
+                "consecutive_failures": row.state.failures,
+                "last_error": row.state.last_error,
+                "active_calls": row.calls,
+            }
+            for row in sources
+        ],
+        "queue": {"pending": depth, "oldest_seconds": round(now - oldest, 3) if oldest is not None else None},
+    }
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    else:
+        if leading and info is not None:
+            since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(info.since)) if info.since else "?"
+            print(f"leader: {info.host} pid {info.pid} (term {info.term}, since {since})")
+        else:
+            print("leader: none (no daemon holds the lease)")
+        for row in sources:
+            health = "reachable" if not row.state.unreachable else f"UNREACHABLE since {iso(row.state.failing_since)}"
+            if row.state.failures and not row.state.unreachable:
+                health = f"failing ({row.state.failures} polls: {row.state.last_error})"
+            last = iso(row.state.last_success) or "never"
+            calls = ", ".join(f"{count} {status}" for status, count in sorted(row.calls.items())) or "no active calls"
+            print(f"source {row.name}: {health}; last successful poll {last}; {calls}")
+        if not sources:
+            print("sources: none polled yet")
+        age = f" (oldest {format_duration(now - oldest)})" if oldest is not None else ""
+        print(f"queue: {depth} deliveries pending{age}")
+    return 0 if leading and reachable else 1
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -308,10 +386,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seed=args.seed, duration=duration)
 
 
+def _describe_storage(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    config = _config(args)
-    store = _open_store(config)
-    log.info("database is up to date", extra={"kv": {"database": store.path}})
+    storage = load_storage(resolve_path(args.config))
+    register_secrets(storage_secrets(storage))
+    store = Store(storage.url)
+    store.upgrade()
+    log.info("database is up to date", extra={"kv": {"database": store.description}})
     store.close()
     return 0
 
@@ -323,6 +409,7 @@ _HANDLERS: dict[str, Handler] = {
     "events": cmd_events,
     "deliveries": cmd_deliveries,
     "redeliver": cmd_redeliver,
+    "status": cmd_status,
     "test": cmd_test,
     "simulate": cmd_simulate,
     "demo": cmd_demo,

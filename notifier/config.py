@@ -49,10 +49,12 @@ class SourceConfig(_Schema, frozen=True):
     timeout: Duration = Duration(10)
     unreachable_after: Duration = Duration(60)
     fetch_details: bool = False
+    name: str = "default"  # required in [[sources]]
 
 
 class StorageConfig(_Schema, frozen=True):
     url: str = "sqlite:///notifier.db"
+    lease: Duration = Duration(15)
     retention: Duration = Duration(30 * 86400)
 
 
@@ -89,7 +91,8 @@ class RuleConfig(_Schema, frozen=True):
 
 
 class _File(_Schema, frozen=True):
-    source: SourceConfig
+    source: SourceConfig | None = None
+    sources: list[SourceConfig] = []
     storage: StorageConfig = StorageConfig()
     detect: DetectConfig = DetectConfig()
     http: HttpConfig | None = None
@@ -121,23 +124,42 @@ class Target:
 @dataclass(frozen=True)
 class Config:
     path: Path
-    source: SourceConfig
+    sources: dict[str, SourceConfig]  # by name; a single [source] is "default"
     storage: StorageConfig
-    detect: DetectSettings
+    detect: DetectSettings  # [detect]; each source's unreachable_after: ``detect_for``
     http: HttpConfig | None
     targets: dict[str, Target]
     rules: tuple[Rule, ...]
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing text that might have picked one up."""
-        values = [self.source.api_key.reveal(), self.source.org_id.reveal()]
+        values = storage_secrets(self.storage)
+        for source in self.sources.values():
+            values += [source.api_key.reveal(), source.org_id.reveal()]
         for target in self.targets.values():
             values.extend(target.secrets())
         return values
 
     @property
+    def source(self) -> SourceConfig:
+        """The first source (the only one, in a config with a single ``[source]``)."""
+        return next(iter(self.sources.values()))
+
+    @property
     def poll_interval(self) -> float:
-        return float(self.source.poll_interval)
+        """The shortest poll interval of any source."""
+        return min(float(source.poll_interval) for source in self.sources.values())
+
+    @cached_property
+    def _detect_by_source(self) -> dict[str, DetectSettings]:
+        return {
+            name: msgspec.structs.replace(self.detect, unreachable_after=float(source.unreachable_after))
+            for name, source in self.sources.items()
+        }
+
+    def detect_for(self, source: str) -> DetectSettings:
+        """Detection settings for one source: [detect] plus its ``unreachable_after``."""
+        return self._detect_by_source[source]
 
     @cached_property
     def digestible(self) -> frozenset[str]:
@@ -157,10 +179,9 @@ def resolve_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> P
     return DEFAULT_PATHS[0]
 
 
-def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
-    """Read, interpolate, validate. Raises ConfigError; never returns a half-valid config."""
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found (use --config or $NOTIFIER_CONFIG)") from None
     except OSError as exc:
@@ -169,6 +190,34 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
         raise ConfigError(path, None, "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+
+
+def load_storage(path: Path, env: Mapping[str, str] = os.environ) -> StorageConfig:
+    """Only ``[storage]``, for the read commands: they work on a host that has the
+    store's address but none of the API keys, target secrets or credentials."""
+    raw = _read_toml(path).get("storage", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "storage", "must be a table")
+    try:
+        storage = msgspec.convert(_interpolate(raw, "storage", path, env), StorageConfig, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        key, reason = _split_msgspec_error(str(exc))
+        raise ConfigError(path, _join("storage", key) if key else "storage", reason) from None
+    _validate_storage(storage, lambda key, reason: ConfigError(path, key, reason))
+    return storage
+
+
+def storage_secrets(storage: StorageConfig) -> list[str]:
+    """The database password, when the URL has one."""
+    from sqlalchemy.engine import make_url
+
+    password = make_url(storage.url).password
+    return [str(password)] if password else []
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read, interpolate, validate. Raises ConfigError; never returns a half-valid config."""
+    raw = _read_toml(path)
     data = _interpolate(raw, "", path, env)
     try:
         schema = msgspec.convert(data, _File, dec_hook=_decode_custom)
@@ -251,20 +300,8 @@ def _validate(schema: _File, path: Path) -> Config:
     def fail(key: str, reason: str) -> ConfigError:
         return ConfigError(path, key, reason)
 
-    source = schema.source
-    if not re.match(r"^https?://[^/\s]+", source.base_url):
-        raise fail("source.base_url", "must be an http:// or https:// URL")
-    if not source.api_key:
-        raise fail("source.api_key", "must not be empty")
-    if not source.org_id:
-        raise fail("source.org_id", "must not be empty")
-    for name in ("poll_interval", "timeout", "unreachable_after"):
-        if getattr(source, name) <= 0:
-            raise fail(f"source.{name}", "must be more than 0s")
-    if not schema.storage.url.startswith("sqlite:///"):
-        raise fail("storage.url", "only sqlite:/// URLs are supported")
-    if schema.storage.retention <= 0:
-        raise fail("storage.retention", "must be more than 0s")
+    sources = _sources(schema, fail)
+    _validate_storage(schema.storage, fail)
     det = schema.detect
     if det.missing_polls < 1:
         raise fail("detect.missing_polls", "must be 1 or more")
@@ -305,11 +342,11 @@ def _validate(schema: _File, path: Path) -> Config:
         long_running_after=float(det.long_running_after),
         missing_polls=det.missing_polls,
         announce_existing=det.announce_existing,
-        unreachable_after=float(source.unreachable_after),
+        unreachable_after=float(next(iter(sources.values())).unreachable_after),
     )
     config = Config(
         path=path,
-        source=source,
+        sources=sources,
         storage=schema.storage,
         detect=detect,
         http=schema.http,
@@ -318,6 +355,52 @@ def _validate(schema: _File, path: Path) -> Config:
     )
     _check_templates(config, fail)
     return config
+
+
+_SOURCE_NAME = re.compile(r"[a-z0-9-]+")
+
+
+def _sources(schema: _File, fail: Any) -> dict[str, SourceConfig]:
+    """``[source]`` (named ``default``) or ``[[sources]]``, each validated."""
+    if schema.source is not None and schema.sources:
+        raise fail("sources", "write either [source] or [[sources]], not both")
+    if schema.source is not None:
+        if schema.source.name != "default":
+            raise fail("source.name", "a single [source] is named 'default'; use [[sources]] to name several")
+        listed = [("source", schema.source)]
+    elif schema.sources:
+        listed = [(f"sources[{i}]", source) for i, source in enumerate(schema.sources)]
+    else:
+        raise fail("source", "required section is missing ([source], or [[sources]] for several organisations)")
+    found: dict[str, SourceConfig] = {}
+    for key, source in listed:
+        if not _SOURCE_NAME.fullmatch(source.name):
+            raise fail(f"{key}.name", f"{source.name!r}: use lower-case letters, digits and '-'")
+        if source.name in found:
+            raise fail(f"{key}.name", f"duplicate source name {source.name!r}")
+        if not re.match(r"^https?://[^/\s]+", source.base_url):
+            raise fail(f"{key}.base_url", "must be an http:// or https:// URL")
+        if not source.api_key:
+            raise fail(f"{key}.api_key", "must not be empty")
+        if not source.org_id:
+            raise fail(f"{key}.org_id", "must not be empty")
+        for name in ("poll_interval", "timeout", "unreachable_after"):
+            if getattr(source, name) <= 0:
+                raise fail(f"{key}.{name}", "must be more than 0s")
+        found[source.name] = source
+    return found
+
+
+def _validate_storage(storage: StorageConfig, fail: Any) -> None:
+    url = storage.url
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        raise fail("storage.url", "write postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB (the psycopg 3 driver)")
+    if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
+        raise fail("storage.url", "expected sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+    if storage.retention <= 0:
+        raise fail("storage.retention", "must be more than 0s")
+    if storage.lease < 1:
+        raise fail("storage.lease", "must be at least 1s")
 
 
 def _validate_listen(listen: str, fail: Any) -> None:

@@ -1,9 +1,15 @@
-"""The long-running process: one anyio task group around the poller, the delivery
+"""The long-running process: leadership, one poll loop per source, the delivery
 dispatcher, the HTTP listener and the systemd watchdog, plus signal handling.
 
-SIGTERM/SIGINT: stop polling, give in-flight deliveries a bounded time, exit 0 (what
-is undelivered stays in the store). SIGHUP: validate the new config, swap it in
-between polls, or keep the old one and say why.
+Every daemon sharing a store runs the same loop: try to take the lease; as a standby,
+try again every second (or poll interval, if shorter); as the leader, poll, commit and
+send until the lease is lost or a stop is asked for, then step back. Everything a term
+needs (pollers, the dispatcher) is made new for it from the committed state, so a
+daemon that was deposed never carries memory over into its next term.
+
+SIGTERM/SIGINT: stop polling, give in-flight deliveries a bounded time, give the lease
+up, exit 0 (what is undelivered stays in the store). SIGHUP: validate the new config,
+swap it in between polls, or keep the old one and say why.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import anyio
+from anyio.abc import TaskGroup
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.bland import BlandClient, request_backstop
-from notifier.config import Config, ConfigError, load_config
+from notifier.config import Config, ConfigError, SourceConfig, load_config
 from notifier.detect import DetectState
 from notifier.durations import format_duration
-from notifier.listener import Listener
+from notifier.lease import Lease, LeaseHeld, LeaseLost, read_leader
+from notifier.listener import Listener, Standing
 from notifier.logs import kv, log, register_secrets
 from notifier.metrics import Metrics
 from notifier.outbox import Dispatcher
@@ -34,6 +44,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PRUNE_EVERY = 600.0
 #: The WAL is folded back into the database this often, off the poll path.
 CHECKPOINT_EVERY = 10.0
+#: A standby asks for the lease at least this often (SPEC: a clean stop is taken over
+#: within poll_interval + 1 s).
+STANDBY_CHECK = 1.0
+#: After a store error, retry the lease this soon (within what the lease has left).
+STORE_RETRY = 1.0
 
 
 def tune_gc() -> None:
@@ -41,6 +56,20 @@ def tune_gc() -> None:
     rescan them many times a poll; collect far less often (nothing here builds
     reference cycles at a rate that needs more)."""
     gc.set_threshold(50_000, 50, 100)
+
+
+@dataclass
+class _SourceLoop:
+    """One source's schedule within a term."""
+
+    poller: Poller
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    lock: anyio.Lock = field(default_factory=anyio.Lock)  # a reload swaps config and client only between polls
+    last_start: float = field(default_factory=time.monotonic)  # of the latest poll
+    busy_since: float | None = None
+    poll_scope: anyio.CancelScope | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # the whole loop (a source removed)
+    polled: anyio.Event = field(default_factory=anyio.Event)  # the first poll of the term is done
 
 
 class Daemon:
@@ -56,74 +85,90 @@ class Daemon:
         self.clock = clock
         self.notify = notifier or Notifier()
         self.store = Store(config.storage.url, dict(env))
+        self.lease = Lease(self.store, float(config.storage.lease), clock=clock)
         self._stop = anyio.Event()
-        self._wake = anyio.Event()
-        self._busy_since: float | None = None
-        self._last_start = time.monotonic()  # of the latest poll
-        self._poll_scope: anyio.CancelScope | None = None
-        self._between_polls = anyio.Lock()  # a reload swaps config and client only here
+        self._standby_wake = anyio.Event()
+        self._loops: dict[str, _SourceLoop] = {}
+        self._term_tg: TaskGroup | None = None
         self._status: str | None = None  # the last STATUS= line sent to systemd
-        self.poller: Poller | None = None
-        self.metrics = Metrics(state=self._state, queue=self.store.queue_stats, clock=clock)
-        self.dispatcher = Dispatcher(
-            self.store,
-            config,
-            clock,
-            on_attempt=lambda delivery, record: self.metrics.observe_attempt(delivery.target, record.outcome),
-        )
+        self._ready = False
+        self._store_error: str | None = None
+        self._leader_seen: str | None = None  # who leads, as last read by a standby
+        self.metrics = Metrics(states=self._states, queue=self._queue_stats, clock=clock)
+        for name in config.sources:
+            self.metrics.add_source(name)
+        self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
 
-    def _state(self) -> DetectState | None:
-        return self.poller.state if self.poller else None
+    # -- what the listener and metrics see ------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        return "leader" if self._loops else "standby"
+
+    def _states(self) -> dict[str, DetectState]:
+        return {name: loop.poller.state for name, loop in self._loops.items()}
+
+    def _queue_stats(self) -> tuple[int, float | None]:
+        try:
+            return self.store.queue_stats()
+        except SQLAlchemyError:
+            return 0, None
+
+    def standing(self) -> Standing:
+        sources = {
+            name: (loop.poller.state, float(self.config.sources[name].unreachable_after))
+            for name, loop in list(self._loops.items())
+            if name in self.config.sources
+        }
+        return Standing(self.role, sources, self._store_error, self._leader_seen)
+
+    def _store_ok(self) -> None:
+        if self._store_error is not None:
+            log.info("the store is reachable again", extra=kv(database=self.store.description))
+        self._store_error = None
+
+    def _store_failed(self, exc: Exception) -> None:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if self._store_error is None:
+            log.error("the store is unavailable", extra=kv(database=self.store.description, error=reason))
+        self._store_error = reason
+        self.metrics.store_errors.inc()
+
+    # -- the process ----------------------------------------------------------------------
 
     async def run(self, stop_requested: Callable[[], bool] = lambda: False) -> int:
         register_secrets(self.config.secrets())
         tune_gc()
-        await anyio.to_thread.run_sync(self.store.upgrade)
-        state = await anyio.to_thread.run_sync(self.store.load_state)
-        gc.freeze()  # the loaded state lives long: keep it out of every future collection
-        self.poller = Poller(self.config, self.store, _client(self.config), state, self.clock)
         handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
             if self.config.http is not None:
-                self.listener = Listener(
-                    self.config.http.listen,
-                    self.metrics,
-                    self._state,
-                    lambda: self.config.detect.unreachable_after,
-                    self.clock,
-                )
+                self.listener = Listener(self.config.http.listen, self.metrics, self.standing, self.clock)
                 self.listener.start()
-            log.info(
-                "started",
-                extra=kv(
-                    database=self.store.path,
-                    calls=len(state.calls),
-                    interval=f"{self.config.poll_interval:g}s",
-                    listen=self.listener.address if self.listener else None,
-                ),
-            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
                 await anyio.sleep(0)  # let the signal receiver take over from early_signals
                 if stop_requested():
-                    self._stop.set()
-                tg.start_soon(self.dispatcher.run)
-                tg.start_soon(self._prune_loop)
-                tg.start_soon(self._checkpoint_loop)
-                await self._cycle()
-                self.notify.ready(self._status)
+                    self.stop()
                 interval = watchdog_interval()
                 if interval is not None:
                     tg.start_soon(self._watchdog, interval)
-                await self._poll_loop()
-                if not await self.dispatcher.drain(DRAIN_TIMEOUT):
-                    log.warning("stopped with deliveries in flight; they are resent at the next start")
+                if await self._upgrade():
+                    log.info(
+                        "started",
+                        extra=kv(
+                            database=self.store.description,
+                            sources=",".join(self.config.sources),
+                            interval=f"{self.config.poll_interval:g}s",
+                            lease=format_duration(self.lease.duration),
+                            listen=self.listener.address if self.listener else None,
+                        ),
+                    )
+                    await self._leadership()
                 tg.cancel_scope.cancel()
         finally:
             if self.listener is not None:
                 self.listener.stop()
-            await self.poller.client.aclose()
             self.store.close()
             self.notify.close()
             for sig, handler in handlers.items():
@@ -131,28 +176,167 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    async def _cycle(self) -> None:
-        assert self.poller is not None
-        self._busy_since = self._last_start = time.monotonic()
+    async def _upgrade(self) -> bool:
+        """Migrate the store, riding out its outages (False: stopped before it worked)."""
+        delay = STORE_RETRY
+        while not self._stop.is_set():
+            try:
+                await anyio.to_thread.run_sync(self.store.upgrade)
+            except SQLAlchemyError as exc:
+                self._store_failed(exc)
+                with anyio.move_on_after(delay):
+                    await self._stop.wait()
+                delay = min(delay * 2, 30.0)
+                continue
+            self._store_ok()
+            return True
+        return False
+
+    async def _leadership(self) -> None:
+        """Standby until the lease is ours, leader until it is not; until a stop."""
+        while not self._stop.is_set():
+            try:
+                won = await anyio.to_thread.run_sync(self.lease.attempt)
+            except SQLAlchemyError as exc:
+                self._store_failed(exc)
+                won = False
+            else:
+                self._store_ok()
+            if won:
+                await self._lead()
+                continue
+            await self._observe_leader()
+            if not self._ready:
+                self._ready = True
+                self.notify.ready(self._status)
+            self._standby_wake = anyio.Event()
+            with anyio.move_on_after(min(STANDBY_CHECK, self.config.poll_interval)):
+                await self._standby_wake.wait()
+
+    async def _observe_leader(self) -> None:
+        """A standby says who leads (a log line when that changes) and in STATUS=."""
         try:
-            async with self._between_polls:
-                cycle = await self.poller.poll()
-        finally:
-            self._busy_since = None
-        self.dispatcher.wake(cycle.targets)
-        self.metrics.observe_poll(cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
-        if self.notify.enabled:  # the queue query runs only when systemd is listening
-            self._status = await self._status_line(cycle)
+            info = await anyio.to_thread.run_sync(read_leader, self.store, self.clock)
+        except SQLAlchemyError as exc:
+            self._store_failed(exc)
+            return
+        leader = info.describe() if info is not None and info.held else None
+        if leader != self._leader_seen or self._status is None:
+            self._leader_seen = leader
+            if leader:
+                log.info("standby", extra=kv(leader=leader, term=info.term if info else None))
+            self._status = f"standby; leader: {leader or 'none (taking over)'}"
             self.notify.status(self._status)
+
+    async def _lead(self) -> None:
+        """One term: fresh state from the store, a poll loop per source, the dispatcher,
+        the lease kept alive; ends on a stop (lease given up) or when the lease is lost."""
+        term = self.lease.term
+        assert term is not None
+        self.metrics.leader.set(1)
+        self.metrics.leader_changes.inc()
+        self._leader_seen = None
+        log.info("became the leader", extra=kv(term=term.number))
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.config,
+            self.clock,
+            on_attempt=lambda delivery, record: self.metrics.observe_attempt(delivery.target, record.outcome),
+            fence=self.lease.check,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                self._term_tg = tg
+                tg.start_soon(self._keep_lease)
+                for name in self.config.sources:
+                    await self._start_loop(name)  # loads every source's state before polling any
+                tg.start_soon(self._announce_ready)
+                tg.start_soon(self.dispatcher.run)
+                tg.start_soon(self._prune_loop)
+                tg.start_soon(self._checkpoint_loop)
+                await self._stop.wait()
+                for loop in self._loops.values():
+                    with anyio.CancelScope(shield=True):
+                        async with loop.lock:  # let a poll that is committing finish
+                            pass
+                if not await self.dispatcher.drain(DRAIN_TIMEOUT):
+                    log.warning("stopped with deliveries in flight; they are resent at the next start")
+                tg.cancel_scope.cancel()
+        except* LeaseLost as lost:
+            log.warning(
+                "no longer the leader; now a standby", extra=kv(term=term.number, reason=str(lost.exceptions[0]))
+            )
+        except* SQLAlchemyError as failed:
+            # The term's state could not be loaded: let the lease lapse and try again.
+            self._store_failed(failed.exceptions[0])  # type: ignore[arg-type]
+            log.warning("stepping down: cannot load the state from the store", extra=kv(term=term.number))
+        finally:
+            self._term_tg = None
+            clients = [loop.poller.client for loop in self._loops.values()]
+            self._loops = {}
+            self.metrics.leader.set(0)
+            self.metrics.leader_changes.inc()
+            with anyio.CancelScope(shield=True):
+                for client in clients:
+                    await client.aclose()
+                if self._stop.is_set() and self.lease.term is not None:
+                    try:
+                        await anyio.to_thread.run_sync(self.lease.release)
+                        log.info("gave the lease up", extra=kv(term=term.number))
+                    except SQLAlchemyError as exc:
+                        self._store_failed(exc)
+            self.lease.step_down()
+
+    async def _start_loop(self, name: str) -> None:
+        assert self._term_tg is not None
+        state = await anyio.to_thread.run_sync(self.store.load_state, name)
+        poller = Poller(
+            self.config, self.store, _client(self.config.sources[name]), state, self.clock, self.lease.check
+        )
+        loop = self._loops[name] = _SourceLoop(poller)
+        self._term_tg.start_soon(self._poll_loop, loop)
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once each source's first poll of the term is done (or has failed)."""
+        for loop in list(self._loops.values()):
+            await loop.polled.wait()
+        if not self._ready:
+            self._ready = True
+            self.notify.ready(self._status)
+
+    async def _keep_lease(self) -> None:
+        """Renew well inside the lease; give up (LeaseLost) once it may have run out."""
+        every = self.lease.duration / 3
+        wait = every
+        while True:
+            await anyio.sleep(wait)
+            try:
+                with anyio.move_on_after(self.lease.remaining()) as deadline:
+                    renewed = await anyio.to_thread.run_sync(self.lease.renew, abandon_on_cancel=True)
+            except SQLAlchemyError as exc:
+                self._store_failed(exc)
+                if not self.lease.held():
+                    raise LeaseLost(f"could not renew the lease: {self._store_error}") from None
+                wait = min(STORE_RETRY, self.lease.remaining())
+                continue
+            if deadline.cancelled_caught:
+                raise LeaseLost("the store did not answer before the lease ran out")
+            if not renewed:
+                raise LeaseLost("another daemon holds the lease")
+            self._store_ok()
+            wait = every
 
     async def _prune_loop(self) -> None:
         """Retention: drop old events and finished deliveries, a small batch at a time."""
         while True:
             before = self.clock() - float(self.config.storage.retention)
             removed = 0
-            while batch := await anyio.to_thread.run_sync(self.store.prune, before):
-                removed += batch
-                await anyio.sleep(0.05)  # let polls and deliveries take the lock in between
+            try:
+                while batch := await anyio.to_thread.run_sync(self.store.prune, before):
+                    removed += batch
+                    await anyio.sleep(0.05)  # let polls and deliveries take the lock in between
+            except SQLAlchemyError as exc:  # locked or full: the next round tries again
+                self._store_failed(exc)
             if removed:
                 log.info("pruned old records", extra=kv(rows=removed))
             await anyio.sleep(PRUNE_EVERY)
@@ -160,29 +344,49 @@ class Daemon:
     async def _checkpoint_loop(self) -> None:
         while True:
             await anyio.sleep(CHECKPOINT_EVERY)
-            await anyio.to_thread.run_sync(self.store.checkpoint)
+            try:
+                await anyio.to_thread.run_sync(self.store.checkpoint)
+            except SQLAlchemyError as exc:  # a full disk: the WAL keeps the data meanwhile
+                self._store_failed(exc)
 
-    async def _poll_loop(self) -> None:
-        assert self.poller is not None
-        while not self._stop.is_set():
-            with anyio.move_on_after(self._wait()):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            if self._stop.is_set():
-                break
-            with anyio.CancelScope() as scope:
-                self._poll_scope = scope
-                await self._cycle()
+    async def _poll_loop(self, loop: _SourceLoop) -> None:
+        with loop.scope:
+            await self._cycle(loop)
+            loop.polled.set()
+            while not self._stop.is_set():
+                with anyio.move_on_after(self._wait(loop)):
+                    await loop.wake.wait()
+                loop.wake = anyio.Event()
+                if self._stop.is_set():
+                    break
+                with anyio.CancelScope() as scope:
+                    loop.poll_scope = scope
+                    await self._cycle(loop)
+        loop.polled.set()
 
-    def _wait(self) -> float:
+    async def _cycle(self, loop: _SourceLoop) -> None:
+        poller = loop.poller
+        loop.busy_since = loop.last_start = time.monotonic()
+        try:
+            async with loop.lock:
+                cycle = await poller.poll()
+        finally:
+            loop.busy_since = None
+        if self.dispatcher is not None:
+            self.dispatcher.wake(cycle.targets)
+        self.metrics.observe_poll(poller.name, cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
+        if self.notify.enabled:  # the queue query runs only when systemd is listening
+            self._status = await self._status_line(cycle)
+            self.notify.status(self._status)
+
+    def _wait(self, loop: _SourceLoop) -> float:
         """Seconds until the next poll. While healthy, polls start every interval (the
         poll's own duration does not stretch the period, nor the detection latency);
         a backoff or a Retry-After counts from the failed answer."""
-        assert self.poller is not None
-        delay = self.poller.delay()
-        if self.poller.failures:
+        delay = loop.poller.delay()
+        if loop.poller.failures:
             return delay
-        return max(0.0, delay - (time.monotonic() - self._last_start))
+        return max(0.0, delay - (time.monotonic() - loop.last_start))
 
     async def _signals(self) -> None:
         # Listens until ``run`` ends: a second Ctrl-C (or ``timeout``, which signals the
@@ -209,9 +413,11 @@ class Daemon:
         """Stop polling now; ``run`` then drains deliveries for a bounded time and returns."""
         self.notify.stopping()
         self._stop.set()
-        self._wake.set()
-        if self._poll_scope is not None:
-            self._poll_scope.cancel()  # an in-flight request; a commit runs to its end
+        self._standby_wake.set()
+        for loop in self._loops.values():
+            loop.wake.set()
+            if loop.poll_scope is not None:
+                loop.poll_scope.cancel()  # an in-flight request; a commit runs to its end
 
     async def _reload(self) -> None:
         self.notify.reloading()
@@ -222,47 +428,74 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload failed; still running on the previous config", extra=kv(reason=str(exc)))
         else:
-            async with self._between_polls:
-                await self._apply(new)
+            await self._apply(new)
         self.notify.ready()
 
     async def _apply(self, new: Config) -> None:
-        """Swap in a validated config; called between polls only."""
+        """Swap in a validated config; each source's loop takes it between its polls."""
         old, self.config = self.config, new
         register_secrets(old.secrets() + new.secrets())  # in-flight work may still quote old ones
-        if self.poller is not None:
-            if new.source != old.source:  # new key, org or URL: a new client
-                previous, self.poller.client = self.poller.client, _client(new)
-                await previous.aclose()
-            self.poller.config = new
-        self.dispatcher.update(new)
+        for name in new.sources:
+            self.metrics.add_source(name)
+        for name, loop in list(self._loops.items()):
+            if name not in new.sources:  # removed: its loop ends, its stored state stays
+                loop.scope.cancel()
+                del self._loops[name]
+                await loop.poller.client.aclose()
+                continue
+            async with loop.lock:
+                if new.sources[name] != old.sources.get(name):  # new key, org or URL: a new client
+                    previous, loop.poller.client = loop.poller.client, _client(new.sources[name])
+                    await previous.aclose()
+                loop.poller.config = new
+        if self._term_tg is not None:
+            for name in new.sources:
+                if name not in self._loops:
+                    try:
+                        await self._start_loop(name)
+                    except SQLAlchemyError as exc:
+                        self._store_failed(exc)
+        if self.dispatcher is not None:
+            self.dispatcher.update(new)
         if new.http != old.http:
             log.warning("[http] changes take effect at the next restart")
-        log.info("reloaded", extra=kv(rules=len(new.rules), targets=len(new.targets)))
+        log.info("reloaded", extra=kv(sources=len(new.sources), rules=len(new.rules), targets=len(new.targets)))
 
     async def _watchdog(self, interval: float) -> None:
         # Past the longest a working poll can take (its request, the details budget, a
         # writer's wait for the lock, and a margin for the work itself), the poll is hung:
-        # keep-alives stop and systemd restarts the daemon.
-        stall_limit = request_backstop(float(self.config.source.timeout)) + DETAILS_BUDGET + BUSY_TIMEOUT + 30.0
+        # keep-alives stop and systemd restarts the daemon. A standby is never busy.
         while True:
-            busy = self._busy_since
-            if busy is None or time.monotonic() - busy < stall_limit:
+            now = time.monotonic()
+            hung = any(
+                loop.busy_since is not None and now - loop.busy_since >= _stall_limit(self.config.sources[name])
+                for name, loop in list(self._loops.items())
+                if name in self.config.sources
+            )
+            if not hung:
                 self.notify.watchdog()
             await anyio.sleep(interval)
 
     async def _status_line(self, cycle: Cycle) -> str:
         """systemd's STATUS=: what an operator wants from ``systemctl status``."""
-        depth, oldest_created = await anyio.to_thread.run_sync(self.store.queue_stats)
+        depth, oldest_created = await anyio.to_thread.run_sync(self._queue_stats)
         oldest = self.clock() - oldest_created if oldest_created is not None else 0.0
-        health = "ok" if cycle.ok else f"failing ({self.poller.failures if self.poller else 0}x)"
         when = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        parts = []
+        for name, loop in list(self._loops.items()):
+            failures = loop.poller.failures
+            health = "ok" if not failures else f"failing ({failures}x)"
+            label = "" if len(self._loops) == 1 else f"{name}: "
+            parts.append(f"{label}{len(loop.poller.state.calls)} active calls, {health}")
         queue = f"{depth} deliveries queued" + (f" (oldest {format_duration(oldest)})" if depth else "")
-        return f"{cycle.calls} active calls; last poll {when} {health}; {queue}"
+        return f"leader; {'; '.join(parts)}; last poll {when}; {queue}"
 
 
-def _client(config: Config) -> BlandClient:
-    source = config.source
+def _stall_limit(source: SourceConfig) -> float:
+    return request_backstop(float(source.timeout)) + DETAILS_BUDGET + BUSY_TIMEOUT + 30.0
+
+
+def _client(source: SourceConfig) -> BlandClient:
     return BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout))
 
 
@@ -288,15 +521,27 @@ async def _once(config: Config, env: Mapping[str, str]) -> int:
     store = Store(config.storage.url, dict(env))
     try:
         await anyio.to_thread.run_sync(store.upgrade)
-        state = await anyio.to_thread.run_sync(store.load_state)
-        async with _client(config) as client:
-            cycle = await Poller(config, store, client, state).poll()
-        await Dispatcher(store, config).pass_once()
+        lease = Lease(store, float(config.storage.lease))
+        if not await anyio.to_thread.run_sync(lease.attempt):
+            info = await anyio.to_thread.run_sync(read_leader, store)
+            leader = info.describe() if info is not None else "another daemon"
+            raise LeaseHeld(f"{leader} leads (it holds the lease); once did nothing")
+        ok = True
+        try:
+            for name in config.sources:
+                state = await anyio.to_thread.run_sync(store.load_state, name)
+                async with _client(config.sources[name]) as client:
+                    cycle = await Poller(config, store, client, state, fence=lease.check).poll()
+                ok = ok and cycle.ok
+            await Dispatcher(store, config, fence=lease.check).pass_once()
+        finally:
+            await anyio.to_thread.run_sync(lease.release)
     finally:
         store.close()
-    return 0 if cycle.ok else 1
+    return 0 if ok else 1
 
 
 def run_once(config: Config, env: Mapping[str, str]) -> int:
-    """``notifier once``: one poll (and one delivery pass); exit 1 if the poll failed."""
+    """``notifier once``: one poll of each source (and one delivery pass) under the lease;
+    exit 1 if a poll failed, 75 if another daemon leads."""
     return anyio.run(_once, config, env)

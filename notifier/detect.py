@@ -57,7 +57,8 @@ class DetectSettings(msgspec.Struct, frozen=True):
 class DetectState(msgspec.Struct, frozen=True):
     """Everything detection needs from the past. Persisted whole after every poll."""
 
-    instance: str  # random per store: makes event ids unique across installations
+    instance: str  # random per source and store: makes event ids unique across installations
+    name: str = "default"  # the source (Bland organisation) this state follows
     calls: dict[str, CallState] = {}
     source: SourceState = SourceState()
     next_seq: int = 1
@@ -73,6 +74,7 @@ class Transition(msgspec.Struct, frozen=True):
     events: list[Event]
     changed: list[CallState]  # rows to upsert
     removed: list[str]  # call_ids to delete
+    base_seq: int = 1  # the state's ``next_seq`` before this poll: a commit checks it is still the stored one
 
 
 def event_id(instance: str, seq: int) -> str:
@@ -84,6 +86,7 @@ class _Emitter:
 
     def __init__(self, state: DetectState, now: float) -> None:
         self.instance = state.instance
+        self.source = state.name
         self.seq = state.next_seq
         self.now = now
         self.events: list[Event] = []
@@ -95,6 +98,7 @@ class _Emitter:
             if payload is None:
                 payload = self._payloads[id(call)] = call_payload(call)
             data = {"call": payload, **data}
+        data["source"] = self.source
         self.events.append(
             Event(
                 id=event_id(self.instance, self.seq),
@@ -126,7 +130,7 @@ def _on_failure(state: DetectState, failure: PollFailure, now: float, settings: 
         )
         source = msgspec.structs.replace(source, unreachable=True)
     new = msgspec.structs.replace(state, source=source, next_seq=out.seq)
-    return Transition(state=new, events=out.events, changed=[], removed=[])
+    return Transition(state=new, events=out.events, changed=[], removed=[], base_seq=state.next_seq)
 
 
 def _on_snapshot(state: DetectState, snapshot: Snapshot, now: float, settings: DetectSettings) -> Transition:
@@ -196,12 +200,15 @@ def _on_snapshot(state: DetectState, snapshot: Snapshot, now: float, settings: D
     source = SourceState(ever_succeeded=True, last_success=now)
     new = DetectState(
         instance=state.instance,
+        name=state.name,
         calls=calls,
         source=source,
         next_seq=out.seq,
         timers=settings.timers,
     )
-    return Transition(state=new, events=out.events, changed=list(changed.values()), removed=removed)
+    return Transition(
+        state=new, events=out.events, changed=list(changed.values()), removed=removed, base_seq=state.next_seq
+    )
 
 
 def _appeared(call: Call, now: float, baseline: bool, out: _Emitter) -> CallState:

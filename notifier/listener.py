@@ -7,7 +7,8 @@ wait for the event loop, and a hung loop still answers (the watchdog handles tha
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -39,6 +40,39 @@ def health(state: DetectState | None, now: float, unreachable_after: float) -> t
     return (503 if unreachable else 200), body
 
 
+@dataclass(frozen=True)
+class Standing:
+    """What the daemon is right now, for ``/healthz``: its role, each source it polls
+    (state and ``unreachable_after``; none on a standby), and the store's trouble."""
+
+    role: str  # leader | standby
+    sources: Mapping[str, tuple[DetectState | None, float]] = field(default_factory=dict)
+    store_error: str | None = None
+    leader: str | None = None  # who leads, as last read
+
+
+def daemon_health(standing: Standing, now: float) -> tuple[int, dict[str, Any]]:
+    """SPEC: 503 while any source is unreachable or the store cannot be used, on leader
+    and standby alike; a healthy standby answers 200."""
+    sources = {name: health(state, now, after) for name, (state, after) in standing.sources.items()}
+    body: dict[str, Any] = {"role": standing.role}
+    if standing.leader is not None:
+        body["leader"] = standing.leader
+    if standing.store_error is not None:
+        status, code = "store unavailable", 503
+        body["store"] = standing.store_error
+    elif any(code == 503 for code, _ in sources.values()):
+        status, code = "unreachable", 503
+    elif standing.role == "standby":
+        status, code = "standby", 200
+    else:
+        states = {detail["status"] for _, detail in sources.values()}
+        status = next((s for s in ("degraded", "starting") if s in states), "ok")
+        code = 200
+    body = {"status": status, **body, "sources": {name: detail for name, (_, detail) in sources.items()}}
+    return code, body
+
+
 class ListenerError(Exception):
     """The listener cannot start (address in use, no permission); said plainly."""
 
@@ -57,15 +91,13 @@ class Listener:
         self,
         listen: str,
         metrics: Metrics,
-        state: Callable[[], DetectState | None],
-        unreachable_after: Callable[[], float],
+        standing: Callable[[], Standing],
         clock: Callable[[], float],
     ) -> None:
         host, _, port = listen.rpartition(":")
         self._host = host.strip("[]")
         self._metrics_app = make_wsgi_app(metrics.registry)
-        self._state = state
-        self._unreachable_after = unreachable_after
+        self._standing = standing
         self._clock = clock
         try:
             self._server = make_server(
@@ -93,7 +125,7 @@ class Listener:
         if path == "/metrics":
             return self._metrics_app(environ, start_response)
         if path == "/healthz":
-            status, body = health(self._state(), self._clock(), self._unreachable_after())
+            status, body = daemon_health(self._standing(), self._clock())
             payload = msgspec.json.encode(body)
             start_response(
                 f"{status} {'OK' if status == 200 else 'Service Unavailable'}",

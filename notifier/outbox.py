@@ -25,7 +25,7 @@ from notifier.config import Config, Target
 from notifier.durations import format_duration
 from notifier.logs import kv, log
 from notifier.model import Event
-from notifier.store import AttemptRecord, Delivery, Store
+from notifier.store import AttemptRecord, Delivery, Fence, Store
 
 #: A worker with nothing due re-checks the store this often (rows re-queued by
 #: ``notifier redeliver`` in another process are picked up within this time).
@@ -64,17 +64,22 @@ class _Worker:
 
 
 class Dispatcher:
+    """``fence`` gives the leadership term to check before each batch and each send (it
+    raises ``LeaseLost`` when this daemon may no longer send); None: unfenced."""
+
     def __init__(
         self,
         store: Store,
         config: Config,
         clock: Callable[[], float] = time.time,
         on_attempt: Callable[[Delivery, AttemptRecord], None] | None = None,
+        fence: Callable[[], Fence] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
         self.on_attempt = on_attempt
+        self.fence = fence
         self._workers: dict[str, _Worker] = {}
         self._tg: TaskGroup | None = None
         self._stopping = False
@@ -165,7 +170,8 @@ class Dispatcher:
                 await channel.aclose()
 
     async def _send_due(self, target: Target, channel: Channel) -> int:
-        batch = await anyio.to_thread.run_sync(self.store.due_deliveries, target.name, self.clock(), BATCH)
+        fence = self.fence() if self.fence is not None else None
+        batch = await anyio.to_thread.run_sync(self.store.due_deliveries, target.name, self.clock(), BATCH, fence)
         outcomes: Counter[str] = Counter()
         for delivery, events in batch:
             if self._stopping:
@@ -173,6 +179,8 @@ class Dispatcher:
             pause = self._last_send.get(target.name, -math.inf) + target.min_interval - time.monotonic()
             if pause > 0:  # min_interval: this worker waits, no other target does
                 await anyio.sleep(pause)
+            if self.fence is not None:
+                self.fence()  # the lease may have run out since the batch was read
             self._last_send[target.name] = time.monotonic()
             outcomes[await self._attempt(target, channel, delivery, events)] += 1
         if outcomes:  # one line a batch; each attempt is at debug level (failures: warning)

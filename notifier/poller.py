@@ -20,12 +20,12 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.bland import BlandClient, PollError
-from notifier.config import Config
+from notifier.config import Config, SourceConfig
 from notifier.detect import DetectState, Transition, detect
 from notifier.logs import kv, log
 from notifier.model import Event, PollFailure, Snapshot
 from notifier.route import plan_deliveries
-from notifier.store import PollRecord, Store
+from notifier.store import Fence, PollRecord, StaleState, Store
 
 #: Upper bound on the backoff between failed polls (SPEC: min(60 s, unreachable_after)).
 MAX_BACKOFF = 60.0
@@ -76,6 +76,9 @@ class Cycle:
 
 
 class Poller:
+    """Polls one source. ``fence`` gives the leadership term each commit must verify
+    (it raises ``LeaseLost`` when this daemon may not act); None: unfenced."""
+
     def __init__(
         self,
         config: Config,
@@ -83,13 +86,21 @@ class Poller:
         client: BlandClient,
         state: DetectState,
         clock: Callable[[], float] = time.time,
+        fence: Callable[[], Fence] | None = None,
     ) -> None:
         self.config = config
+        self.name = state.name
         self.store = store
         self.client = client
         self.state = state
         self.clock = clock
+        self.fence = fence
         self.last_error: PollError | None = None
+        self._stale = False  # the last commit failed: memory may not match the store
+
+    @property
+    def source(self) -> SourceConfig:
+        return self.config.sources[self.name]
 
     @property
     def failures(self) -> int:
@@ -98,22 +109,27 @@ class Poller:
     def delay(self) -> float:
         retry_after = self.last_error.retry_after if self.last_error else None
         return next_delay(
-            self.config.poll_interval,
+            float(self.source.poll_interval),
             self.failures,
-            self.config.detect.unreachable_after,
+            float(self.source.unreachable_after),
             retry_after,
             random.uniform(-1, 1),
         )
 
     async def poll(self) -> Cycle:
         config = self.config  # a reload swaps self.config; one poll uses one config
+        source = config.sources[self.name]
+        settings = config.detect_for(self.name)
         started = time.perf_counter()
+        fence = self.fence() if self.fence is not None else None
+        if self._stale and not await self._reload():
+            return self._failed(started, self.clock(), PollError("the store is unavailable"))
         state = self.state
 
         def observe(answer: Snapshot | PollError) -> tuple[float, Transition]:
             observation = PollFailure(answer.reason) if isinstance(answer, PollError) else answer
             now = self.clock()
-            return now, detect(state, observation, now, config.detect)
+            return now, detect(state, observation, now, settings)
 
         # Pure and CPU-bound at large N, so off the event loop: in the worker thread that
         # fetched and decoded the answer, while the decoded calls are still in the CPU's
@@ -122,8 +138,8 @@ class Poller:
         error = answer if isinstance(answer, PollError) else None
         snapshot = answer if isinstance(answer, Snapshot) else None
         events = transition.events
-        if config.source.fetch_details and any(e.type == "call.disappeared" for e in events):
-            events = await self._enrich(events, float(config.source.timeout))
+        if source.fetch_details and any(e.type == "call.disappeared" for e in events):
+            events = await self._enrich(events, float(source.timeout))
             transition = msgspec.structs.replace(transition, events=events)
         planned = plan_deliveries(events, config.rules, config.digestible)
         duration = time.perf_counter() - started
@@ -136,24 +152,17 @@ class Poller:
             error=error.reason if error else None,
         )
         try:
-            await anyio.to_thread.run_sync(self.store.commit_poll, transition, planned, record)
-        except SQLAlchemyError as exc:
-            # Nothing of this poll was kept: the state stays where it was, so the next
-            # poll detects the same transitions again (with the same event ids).
+            await anyio.to_thread.run_sync(self.store.commit_poll, transition, planned, record, fence)
+        except (SQLAlchemyError, StaleState) as exc:
+            # Nothing of this poll was kept. Memory is not trusted after a failed commit
+            # (another writer may have moved the store on): the next poll reloads the
+            # state first, then detects the same transitions again, with the same ids.
+            self._stale = True
             log.error(
                 "could not record the poll; its changes are picked up by the next one",
-                extra=kv(error=str(getattr(exc, "orig", None) or exc)),
+                extra=kv(source=self.name, error=_reason(exc)),
             )
-            return Cycle(
-                ok=False,
-                events=[],
-                targets=frozenset(),
-                calls=len(self.state.calls),
-                skipped=0,
-                duration=duration,
-                at=now,
-                error=PollError("could not record the poll"),
-            )
+            return self._failed(started, now, PollError("could not record the poll"))
         self.state = transition.state
         self.last_error = error
         cycle = Cycle(
@@ -168,6 +177,29 @@ class Poller:
         )
         self._log(cycle, snapshot)
         return cycle
+
+    async def _reload(self) -> bool:
+        """Replace the state in memory by the committed one; False if the store cannot say."""
+        try:
+            self.state = await anyio.to_thread.run_sync(self.store.load_state, self.name)
+        except SQLAlchemyError as exc:
+            log.error("cannot reload the state from the store", extra=kv(source=self.name, error=_reason(exc)))
+            return False
+        self._stale = False
+        log.info("reloaded the state from the store", extra=kv(source=self.name, calls=len(self.state.calls)))
+        return True
+
+    def _failed(self, started: float, now: float, error: PollError) -> Cycle:
+        return Cycle(
+            ok=False,
+            events=[],
+            targets=frozenset(),
+            calls=len(self.state.calls),
+            skipped=0,
+            duration=time.perf_counter() - started,
+            at=now,
+            error=error,
+        )
 
     async def _enrich(self, events: list[Event], timeout: float) -> list[Event]:
         """Attach call details to disappeared events, within a bounded time."""
@@ -199,13 +231,17 @@ class Poller:
         error = cycle.error
         if error is not None:
             level = log.error if error.auth else log.warning
-            level("poll failed", extra=kv(reason=error.reason, failures=self.failures))
+            level("poll failed", extra=kv(source=self.name, reason=error.reason, failures=self.failures))
         elif snapshot is not None and snapshot.skipped:
-            log.warning("skipped malformed entries", extra=kv(skipped=snapshot.skipped))
+            log.warning("skipped malformed entries", extra=kv(source=self.name, skipped=snapshot.skipped))
         if cycle.events:
             # One line a poll: at 10k calls and 1 % churn a line per event would be 300
             # lines (and ~5 ms of formatting) every poll. Each event is at debug level.
-            log.info("detected", extra=kv(events=len(cycle.events), **cycle.counts))
+            log.info("detected", extra=kv(source=self.name, events=len(cycle.events), **cycle.counts))
             if log.isEnabledFor(logging.DEBUG):
                 for event in cycle.events:
                     log.debug(event.type, extra=kv(event_id=event.id, call_id=event.call_id))
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

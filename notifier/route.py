@@ -12,7 +12,7 @@ from typing import Any
 
 from notifier.model import CALL_EVENT_TYPES, EVENT_TYPES, Event
 
-#: Fields every call event has (SPEC, Matchers); source events have only ``type``.
+#: Fields every call event has (SPEC, Matchers); every event also has ``type`` and ``source``.
 CALL_FIELDS = ("call_id", "user_id", "from", "to", "objective", "pathway_id", "status", "international")
 #: The scalar data fields of each event type, as matchers and templates see them.
 DATA_FIELDS: dict[str, tuple[str, ...]] = {
@@ -112,7 +112,7 @@ def expand_event_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
 
 
 def fields_of(event_type: str) -> tuple[str, ...]:
-    base = ("type",) + (CALL_FIELDS if event_type in CALL_EVENT_TYPES else ())
+    base = ("type", "source") + (CALL_FIELDS if event_type in CALL_EVENT_TYPES else ())
     return base + DATA_FIELDS[event_type]
 
 

@@ -228,6 +228,7 @@ def sample_event(event_type: str) -> Event:
     data = dict(_SAMPLE_DATA[event_type])
     if event_type in CALL_EVENT_TYPES:
         data = {"call": call_payload(_SAMPLE_CALL), **data}
+    data["source"] = "default"
     return Event(
         id="evt_sample_0000000001",
         type=event_type,

@@ -14,6 +14,7 @@ import pytest
 
 from notifier.simulator import BlandSimulator
 from notifier.store import Store
+from tests.postgres import postgres_cluster, postgres_url  # noqa: F401
 
 PYTHON = sys.executable
 T = TypeVar("T")

@@ -41,7 +41,7 @@ def test_sigterm_then_restart_continues_where_it_stopped(tmp_path: Path, sim: Bl
     assert time.monotonic() - started < 5
     assert "stopped" in daemon.log
     # One summary line for the poll's events, none per event (that is debug level).
-    assert "detected events=3 call.appeared=2 call.started=1" in daemon.log
+    assert "detected source=default events=3 call.appeared=2 call.started=1" in daemon.log
     assert "event_id=" not in daemon.log
 
     # While it is down: a ends, b goes on, c appears.
@@ -110,7 +110,7 @@ def test_sd_notify_ready_status_and_stopping(tmp_path: Path, sim: BlandSimulator
         while not any("READY=1" in m for m in messages):
             messages.append(listener.recv(4096).decode())
         ready = next(m for m in messages if "READY=1" in m)
-        assert "STATUS=1 active calls" in ready
+        assert "STATUS=leader; 1 active calls" in ready
         daemon.proc.send_signal(signal.SIGTERM)
         while not any("STOPPING=1" in m for m in messages):
             messages.append(listener.recv(4096).decode())

@@ -165,6 +165,7 @@ def test_source_unreachable_then_recovered() -> None:
         "since": "2027-01-15T08:00:00.000Z",
         "consecutive_failures": 3,
         "last_error": "timed out",
+        "source": "default",
     }
     t = detect(t.state, PollFailure("timed out"), T0 + 120, cfg)
     assert t.events == []

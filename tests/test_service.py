@@ -60,7 +60,7 @@ def test_sd_notify_lifecycle_with_watchdog_and_reload(tmp_path: Path, sim: Bland
     daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path, NOTIFY_SOCKET=address, WATCHDOG_USEC="400000"))
     try:
         ready = notify.wait_for("READY=1")
-        assert "STATUS=2 active calls" in notify.messages[ready]
+        assert "STATUS=leader; 2 active calls" in notify.messages[ready]
         assert "0 deliveries queued" in notify.messages[ready]
         first_dog = notify.wait_for("WATCHDOG=1", ready)
         notify.wait_for("WATCHDOG=1", first_dog + 1)
@@ -149,7 +149,9 @@ def test_healthz_flips_during_an_outage_and_metrics_count(tmp_path: Path, sim: B
             sim.configure(outage=(time.time(), time.time() + 3600))
             status, body = wait_for(lambda: (r := get(base + "/healthz"))[0] == 503 and r)
             info = json.loads(body)
-            assert info["status"] == "unreachable" and "503" in info["last_error"]
+            assert info["status"] == "unreachable" and info["role"] == "leader"
+            assert info["sources"]["default"]["status"] == "unreachable"
+            assert "503" in info["sources"]["default"]["last_error"]
             wait_for(lambda: "source.unreachable" in daemon.log)  # the event follows at the next failed poll
             sim.configure(outage=(0.0, 0.0))
             wait_for(lambda: get(base + "/healthz")[0] == 200, timeout=30)
@@ -158,18 +160,22 @@ def test_healthz_flips_during_an_outage_and_metrics_count(tmp_path: Path, sim: B
             assert status == 200
             families = {f.name: f for f in text_string_to_metric_families(text.decode())}
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
-            assert samples[("notifier_polls_total", (("result", "failed"),))] >= 1
-            assert samples[("notifier_polls_total", (("result", "ok"),))] >= 2
+            src = ("source", "default")
+            assert samples[("notifier_polls_total", (("result", "failed"), src))] >= 1
+            assert samples[("notifier_polls_total", (("result", "ok"), src))] >= 2
             assert samples[("notifier_events_total", (("type", "call.appeared"),))] == 2
             assert samples[("notifier_events_total", (("type", "source.unreachable"),))] == 1
             assert samples[("notifier_events_total", (("type", "source.recovered"),))] == 1
             assert samples[("notifier_deliveries_total", (("result", "sent"), ("target", "crm")))] >= 3
-            assert samples[("notifier_active_calls", (("status", "IN_PROGRESS"),))] == 1
-            assert samples[("notifier_active_calls", (("status", "QUEUED"),))] == 1
+            assert samples[("notifier_active_calls", (src, ("status", "IN_PROGRESS")))] == 1
+            assert samples[("notifier_active_calls", (src, ("status", "QUEUED")))] == 1
+            assert samples[("notifier_source_up", (src,))] == 1
+            assert samples[("notifier_leader", ())] == 1
+            assert samples[("notifier_leader_changes_total", ())] == 1
             assert ("notifier_delivery_queue_depth", ()) in samples
             assert ("notifier_oldest_pending_delivery_seconds", ()) in samples
-            assert samples[("notifier_poll_duration_seconds_count", ())] >= 3
-            assert abs(samples[("notifier_last_successful_poll_timestamp_seconds", ())] - time.time()) < 60
+            assert samples[("notifier_poll_duration_seconds_count", (src,))] >= 3
+            assert abs(samples[("notifier_last_successful_poll_timestamp_seconds", (src,))] - time.time()) < 60
             assert daemon.stop() == 0
         finally:
             if daemon.proc.poll() is None:

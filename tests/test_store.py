@@ -15,7 +15,9 @@ from sqlalchemy import select
 from notifier.detect import DetectSettings, DetectState, Transition, detect
 from notifier.model import PollFailure
 from notifier.route import PlannedDelivery
-from notifier.store import POLL_LOG_KEEP, AttemptRecord, PollRecord, Store, StoreError, database_path, polls
+from notifier.store import POLL_LOG_KEEP, AttemptRecord, PollRecord, Store, StoreError
+from notifier.store.schema import polls
+from notifier.store.sqlite import PathError, database_path
 from tests.test_detect import T0, call, observations, runs, snap
 
 CFG = DetectSettings(announce_existing=True, stuck_queued_after=60)
@@ -34,8 +36,10 @@ def commit(store: Store, t: Transition, at: float = T0, planned: list[PlannedDel
 def test_relative_path_resolves_against_state_directory(tmp_path: Path) -> None:
     assert database_path("sqlite:///x.db", {"STATE_DIRECTORY": str(tmp_path)}) == tmp_path / "x.db"
     assert database_path("sqlite:////abs/x.db", {"STATE_DIRECTORY": str(tmp_path)}) == Path("/abs/x.db")
-    with pytest.raises(StoreError):
+    with pytest.raises(PathError):
         database_path("sqlite://", {})
+    with pytest.raises(StoreError, match="names no database file"):
+        Store("sqlite://", {})
 
 
 def test_database_and_wal_files_are_private(tmp_path: Path) -> None:
@@ -60,7 +64,7 @@ def test_upgrade_is_idempotent_and_at_head(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     store.upgrade()
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
         tables = set(sqlalchemy.inspect(conn).get_table_names())
     assert {"calls", "events", "polls", "deliveries", "delivery_events", "attempts", "meta"} <= tables
     store.close()

@@ -1,133 +1,61 @@
-"""The SQLite store: current calls, events, the poll log and the delivery outbox.
+"""The store: current calls and source state, events, the poll log and the delivery outbox,
+on SQLite (one host) or PostgreSQL (several hosts).
 
 One transaction per poll holds the new detection state, its events and the
 deliveries they cause, so a crash at any instant either keeps all of a poll or none
-of it: nothing is lost and, after a restart, nothing is announced twice.
+of it: nothing is lost and, after a restart, nothing is announced twice. The
+transaction also checks that it continues the stored state (and, in a daemon, that
+its leadership term is still the current one), so a second writer can never fork it.
+
+Callers cannot tell the backends apart: the dialect's specifics live in ``sqlite.py``
+and ``postgres.py``.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.detect import DetectState, Transition
 from notifier.model import CallState, Event, SourceState
 from notifier.route import PlannedDelivery
+from notifier.store import postgres, sqlite
+from notifier.store.schema import (
+    attempts,
+    calls,
+    deliveries,
+    delivery_events,
+    events,
+    metadata,
+    polls,
+    sources,
+)
+from notifier.store.sqlite import BUSY_TIMEOUT
+
+__all__ = [
+    "BUSY_TIMEOUT",
+    "AttemptRecord",
+    "Delivery",
+    "Fence",
+    "PollRecord",
+    "StaleState",
+    "Store",
+    "StoreError",
+    "metadata",
+]
 
 POLL_LOG_KEEP = 1000
-#: Seconds a writer waits for another writer's lock (the daemon vs a CLI command).
-BUSY_TIMEOUT = 30
 WRITE_CHUNK = 5000
-
-metadata = MetaData()
-
-meta = Table(
-    "meta",
-    metadata,
-    Column("key", String, primary_key=True),
-    Column("value", LargeBinary, nullable=False),
-)
-calls = Table(
-    "calls",
-    metadata,
-    Column("call_id", String, primary_key=True),
-    Column("status", String, nullable=False),
-    Column("state", LargeBinary, nullable=False),  # msgpack-encoded CallState
-)
-events = Table(
-    "events",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String, nullable=False, unique=True),
-    Column("type", String, nullable=False),
-    Column("call_id", String),
-    Column("detected_at", Float, nullable=False),
-    Column("data", LargeBinary, nullable=False),  # JSON
-    Index("ix_events_detected_at", "detected_at"),
-    Index("ix_events_call_id", "call_id"),
-    Index("ix_events_type", "type"),
-)
-polls = Table(
-    "polls",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", Float, nullable=False),
-    Column("duration", Float, nullable=False),
-    Column("ok", Boolean, nullable=False),
-    Column("calls", Integer),
-    Column("skipped", Integer),
-    Column("events", Integer, nullable=False),
-    Column("error", Text),
-)
-deliveries = Table(
-    "deliveries",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("event_id", String, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("event_count", Integer, nullable=False, default=1),  # > 1: a digest
-    Column("target", String, nullable=False),
-    Column("rule", String, nullable=False),
-    Column("status", String, nullable=False),  # pending | sent | dead
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("created_at", Float, nullable=False),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("first_attempt_at", Float),
-    Column("finished_at", Float),
-    Column("last_error", Text),
-    Index("ix_deliveries_due", "status", "target", "next_attempt_at"),
-    Index("ix_deliveries_event", "event_id"),
-)
-# The events of a digest (``event_count`` > 1). A single-event delivery, the common
-# case, needs no rows here: its ``event_id`` says it all, and a poll writes a third
-# fewer rows. (Older databases also link single events; no read needs those rows.)
-delivery_events = Table(
-    "delivery_events",
-    metadata,
-    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
-    Column("event_id", String, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True),
-    Index("ix_delivery_events_event", "event_id"),
-)
-attempts = Table(
-    "attempts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
-    Column("at", Float, nullable=False),
-    Column("outcome", String, nullable=False),  # sent | failed | dead
-    Column("status_code", Integer),
-    Column("error", Text),
-    Column("latency", Float, nullable=False),
-    Index("ix_attempts_delivery", "delivery_id"),
-)
 
 _call_state_encoder = msgspec.msgpack.Encoder()
 _call_state_decoder = msgspec.msgpack.Decoder(CallState)
@@ -139,58 +67,16 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says what to do."""
 
 
-def database_path(url: str, env: dict[str, str] | None = None) -> Path:
-    """The file behind a ``sqlite:///`` URL; relative paths go to $STATE_DIRECTORY or cwd."""
-    env = dict(os.environ) if env is None else env
-    database = make_url(url).database
-    if not database or database == ":memory:":
-        raise StoreError(f"storage.url {url!r} names no database file")
-    path = Path(database)
-    if not path.is_absolute():
-        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
-        path = Path(state_dir or os.getcwd()) / path
-    return path
+class StaleState(StoreError):
+    """A poll did not continue the stored state: another writer committed in between.
+    Nothing of the poll was kept; the caller reloads the state from the store."""
 
 
-def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does; its -wal/-shm inherit the mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+class Fence(Protocol):
+    """What a poll commit checks, inside its transaction, before writing anything
+    (``notifier.lease.Term``): raises if the writer no longer leads."""
 
-
-def _make_engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        # Checkpoints copy the WAL back into the database: that work is kept off the
-        # poll path and done by ``checkpoint()`` on a timer (closing the last
-        # connection checkpoints too).
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the lock up front (IMMEDIATE): two writers (the daemon and a CLI
-        # command) then wait on busy_timeout instead of failing mid-transaction.
-        # Readers stay deferred and never block the daemon.
-        options = conn.get_execution_options()
-        if options.get("write"):
-            # Polls (events, their deliveries) are fsynced; attempt bookkeeping is not,
-            # since losing the last attempts to a power cut only means a resend.
-            conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if options.get('durable', True) else 'NORMAL'}")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
-
-    return engine
+    def verify(self, conn: Connection) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -229,16 +115,55 @@ class PollRecord:
     error: str | None = None
 
 
-class Store:
-    """Thin shell around SQLite: every method is one short transaction."""
+@dataclass(frozen=True)
+class SourceRow:
+    """A source's committed health and size, for ``notifier status`` and standbys."""
 
-    def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
-        self.path = database_path(url, env)
-        try:
-            _create_private(self.path)
-        except OSError as exc:
-            raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
-        self.engine = _make_engine(self.path)
+    name: str
+    state: SourceState
+    calls: dict[str, int]  # by status
+
+
+class Store:
+    """Thin shell around the database: every method is one short transaction.
+
+    ``create=False`` (read commands) never creates anything: a missing SQLite file is
+    ``no database at PATH``.
+    """
+
+    def __init__(self, url: str, env: dict[str, str] | None = None, *, create: bool = True) -> None:
+        self.url = url
+        self.dialect = make_url(url).get_backend_name()
+        self.path: Path | None = None
+        if self.dialect == "sqlite":
+            try:
+                self.path = sqlite.database_path(url, env)
+            except sqlite.PathError as exc:
+                raise StoreError(str(exc)) from None
+            if not create and not self.path.exists():
+                raise StoreError(f"no database at {self.path}")
+            try:
+                sqlite.create_private(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
+            self.engine = sqlite.make_engine(self.path)
+        elif self.dialect == "postgresql":
+            try:
+                self.engine = postgres.make_engine(url)
+            except ModuleNotFoundError as exc:
+                raise StoreError(str(exc)) from None
+        else:
+            raise StoreError(
+                f"storage.url: unsupported database {self.dialect!r} (sqlite:/// or postgresql+psycopg://)"
+            )
+        self._qmark = self.engine.dialect.paramstyle == "qmark"
+
+    @property
+    def description(self) -> str:
+        """Where the store is, fit for a log line: the file, or the URL without its password."""
+        if self.path is not None:
+            return str(self.path)
+        return make_url(self.url).render_as_string(hide_password=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -251,77 +176,140 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def _sql(self, text: str) -> str:
+        """Hot-path SQL is written once with ``?``; psycopg wants ``%s``."""
+        return text if self._qmark else _to_format(text)
+
     # -- schema ---------------------------------------------------------------------
 
     def upgrade(self) -> None:
-        """Apply the Alembic migrations shipped inside the package."""
+        """Apply the Alembic migrations shipped inside the package (once, however many
+        daemons start together: see ``migrations/env.py``)."""
         from notifier.migrate import upgrade
 
         upgrade(self.engine)
 
+    def require_schema(self) -> None:
+        """For read commands: the database must be at this version's schema."""
+        from notifier.migrate import current_revision, head_revision
+
+        try:
+            with self.engine.connect() as conn:
+                current = current_revision(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the database at {self.description}: {_reason(exc)}") from None
+        if current != head_revision():
+            found = f"schema {current}" if current else "no schema"
+            raise StoreError(
+                f"the database at {self.description} has {found}; 'notifier db upgrade' (or starting the daemon) "
+                f"brings it to {head_revision()}"
+            )
+
     # -- detection state ----------------------------------------------------------------
 
-    def load_state(self) -> DetectState:
+    def load_state(self, source: str = "default") -> DetectState:
+        """The committed state of one source (a new source starts empty, with ids of its own)."""
         with self.transaction() as conn:
-            values = {row.key: row.value for row in conn.execute(select(meta))}
-            if "instance" not in values:
+            row = conn.execute(select(sources).where(sources.c.name == source)).first()
+            if row is None:
                 instance = secrets.token_hex(6)
-                conn.execute(insert(meta).values(key="instance", value=instance.encode()))
-                values["instance"] = instance.encode()
+                conn.execute(
+                    insert(sources).values(
+                        name=source,
+                        instance=instance,
+                        next_seq=1,
+                        state=_json.encode(SourceState()),
+                        timers=_json.encode((0.0, 0.0, 0.0)),
+                    )
+                )
+                return DetectState(instance=instance, name=source)
             # Order does not matter: detection orders what it emits by itself.
             loaded = {
-                row.call_id: _call_state_decoder.decode(row.state)
-                for row in conn.execute(select(calls.c.call_id, calls.c.state))
+                r.call_id: _call_state_decoder.decode(r.state)
+                for r in conn.execute(select(calls.c.call_id, calls.c.state).where(calls.c.source == source))
             }
         return DetectState(
-            instance=values["instance"].decode(),
+            instance=row.instance,
+            name=source,
             calls=loaded,
-            source=_source_decoder.decode(values["source"]) if "source" in values else SourceState(),
-            next_seq=int(values.get("next_seq", b"1")),
-            timers=tuple(msgspec.json.decode(values["timers"])) if "timers" in values else (0.0, 0.0, 0.0),
+            source=_source_decoder.decode(row.state),
+            next_seq=row.next_seq,
+            timers=tuple(msgspec.json.decode(row.timers)),
         )
 
-    def commit_poll(self, transition: Transition, planned: Sequence[PlannedDelivery], poll: PollRecord) -> None:
+    def commit_poll(
+        self,
+        transition: Transition,
+        planned: Sequence[PlannedDelivery],
+        poll: PollRecord,
+        fence: Fence | None = None,
+    ) -> None:
         """Persist one poll whole: state, events, their deliveries and the poll log.
+
+        Raises StaleState (keeping nothing) when the stored state is not the one the
+        poll started from, and the fence's error when the writer no longer leads.
 
         A poll with events is fsynced before anything is sent. One without events
         is not: a power cut can only roll it back to a state the next poll reaches
         again (no event id was handed out), and a steady daemon then costs no fsync.
         """
         state = transition.state
+        name = state.name
+        sql = self._sql
         with self.transaction(durable=bool(transition.events)) as conn:
+            if fence is not None:
+                fence.verify(conn)
+            # Event numbers are taken here, under the write lock: the poll's ids follow
+            # the stored sequence or the poll is not kept.
+            stored = conn.exec_driver_sql(
+                sql("SELECT next_seq FROM sources WHERE name = ?" + ("" if self._qmark else " FOR UPDATE")), (name,)
+            ).scalar()
+            if stored is None and transition.base_seq == 1:  # a source's first commit
+                conn.execute(
+                    insert(sources).values(
+                        name=name, instance=state.instance, next_seq=1, state=b"{}", timers=b"[0.0,0.0,0.0]"
+                    )
+                )
+                stored = 1
+            if stored != transition.base_seq:
+                raise StaleState(
+                    f"source {name!r}: the store is at event {stored}, this poll started from {transition.base_seq}"
+                )
             # The hot path of a poll: plain DB-API executemany, no per-row SQL building.
             for start in range(0, len(transition.changed), WRITE_CHUNK):  # bounded memory on a first poll
                 conn.exec_driver_sql(
-                    "INSERT INTO calls (call_id, status, state) VALUES (?, ?, ?) "
-                    "ON CONFLICT (call_id) DO UPDATE SET status = excluded.status, state = excluded.state",
+                    sql(
+                        "INSERT INTO calls (source, call_id, status, state) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (source, call_id) DO UPDATE SET status = excluded.status, state = excluded.state"
+                    ),
                     [
-                        (cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs))
+                        (name, cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs))
                         for cs in transition.changed[start : start + WRITE_CHUNK]
                     ],
                 )
             if transition.removed:
-                conn.exec_driver_sql("DELETE FROM calls WHERE call_id = ?", [(cid,) for cid in transition.removed])
+                conn.exec_driver_sql(
+                    sql("DELETE FROM calls WHERE source = ? AND call_id = ?"),
+                    [(name, cid) for cid in transition.removed],
+                )
             if transition.events:
                 conn.exec_driver_sql(
-                    "INSERT INTO events (id, type, call_id, detected_at, data) VALUES (?, ?, ?, ?, ?)",
-                    [(e.id, e.type, e.call_id, e.detected_at, _json.encode(e.data)) for e in transition.events],
+                    sql("INSERT INTO events (id, type, call_id, detected_at, data, source) VALUES (?, ?, ?, ?, ?, ?)"),
+                    [(e.id, e.type, e.call_id, e.detected_at, _json.encode(e.data), name) for e in transition.events],
                 )
             if planned:
                 self._insert_deliveries(conn, planned, poll.at)
             conn.exec_driver_sql(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [
-                    ("source", _json.encode(state.source)),
-                    ("next_seq", str(state.next_seq).encode()),
-                    ("timers", _json.encode(state.timers)),
-                ],
+                sql("UPDATE sources SET next_seq = ?, state = ?, timers = ? WHERE name = ?"),
+                (state.next_seq, _json.encode(state.source), _json.encode(state.timers), name),
             )
-            result = conn.exec_driver_sql(
-                "INSERT INTO polls (at, duration, ok, calls, skipped, events, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (poll.at, poll.duration, poll.ok, poll.calls, poll.skipped, len(transition.events), poll.error),
-            )
-            poll_id = result.lastrowid
+            poll_id = conn.exec_driver_sql(
+                sql(
+                    "INSERT INTO polls (at, duration, ok, calls, skipped, events, error, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                ),
+                (poll.at, poll.duration, poll.ok, poll.calls, poll.skipped, len(transition.events), poll.error, name),
+            ).scalar_one()
             if poll_id % 100 == 0:
                 conn.execute(delete(polls).where(polls.c.id <= poll_id - POLL_LOG_KEEP))
 
@@ -337,12 +325,14 @@ class Store:
             if len(plan.event_ids) > 1:
                 links.extend((delivery_id, event_id) for event_id in plan.event_ids)
         conn.exec_driver_sql(
-            "INSERT INTO deliveries (id, event_id, event_count, target, rule, status, attempts, created_at, "
-            "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+            self._sql(
+                "INSERT INTO deliveries (id, event_id, event_count, target, rule, status, attempts, created_at, "
+                "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+            ),
             rows,
         )
         if links:
-            conn.exec_driver_sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)", links)
+            conn.exec_driver_sql(self._sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)"), links)
 
     # -- queries for the CLI ------------------------------------------------------------
 
@@ -352,6 +342,7 @@ class Store:
         since: float | None = None,
         types: Sequence[str] = (),
         call_id: str | None = None,
+        source: str | None = None,
         limit: int | None = None,
     ) -> list[Event]:
         """Recorded events, oldest first (the newest ``limit`` when given)."""
@@ -362,17 +353,36 @@ class Store:
             query = query.where(events.c.type.in_(list(types)))
         if call_id:
             query = query.where(events.c.call_id == call_id)
+        if source:
+            query = query.where(events.c.source == source)
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_row_event(row) for row in reversed(rows)]
 
+    def sources(self) -> list[SourceRow]:
+        """Every source's committed health and its active calls by status."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sources.c.name, sources.c.state).order_by(sources.c.name)).all()
+            counts = conn.execute(
+                select(calls.c.source, calls.c.status, func.count()).group_by(calls.c.source, calls.c.status)
+            ).all()
+        by_source: dict[str, dict[str, int]] = {}
+        for source, status, count in counts:
+            by_source.setdefault(source, {})[status] = int(count)
+        return [SourceRow(r.name, _source_decoder.decode(r.state), by_source.get(r.name, {})) for r in rows]
+
     # -- the outbox ---------------------------------------------------------------------
 
-    def due_deliveries(self, target: str, now: float, limit: int = 50) -> list[tuple[Delivery, list[Event]]]:
-        """Pending deliveries of one target that are due, in event order, with their events."""
+    def due_deliveries(
+        self, target: str, now: float, limit: int = 50, fence: Fence | None = None
+    ) -> list[tuple[Delivery, list[Event]]]:
+        """Pending deliveries of one target that are due, in event order, with their events.
+        With a fence, the batch is read only while the writer still leads."""
         with self.engine.connect() as conn:
+            if fence is not None:
+                fence.verify(conn)
             rows = conn.execute(
                 select(deliveries)
                 .where(
@@ -416,17 +426,22 @@ class Store:
     def record_attempt(self, delivery: Delivery, attempt: AttemptRecord) -> None:
         """One attempt and the delivery's new status, in one transaction."""
         failed = attempt.outcome == "failed"
+        sql = self._sql
         with self.transaction(durable=False) as conn:
             # Fixed SQL: this runs once per message sent, hundreds of times a second in a burst.
             conn.exec_driver_sql(
-                "INSERT INTO attempts (delivery_id, at, outcome, status_code, error, latency) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                sql(
+                    "INSERT INTO attempts (delivery_id, at, outcome, status_code, error, latency) "
+                    "VALUES (?, ?, ?, ?, ?, ?)"
+                ),
                 (delivery.id, attempt.at, attempt.outcome, attempt.status_code, attempt.error, attempt.latency),
             )
             conn.exec_driver_sql(
-                "UPDATE deliveries SET attempts = attempts + 1, status = ?, last_error = ?, "
-                "first_attempt_at = coalesce(first_attempt_at, ?), "
-                "next_attempt_at = coalesce(?, next_attempt_at), finished_at = ? WHERE id = ?",
+                sql(
+                    "UPDATE deliveries SET attempts = attempts + 1, status = ?, last_error = ?, "
+                    "first_attempt_at = coalesce(first_attempt_at, ?), "
+                    "next_attempt_at = coalesce(?, next_attempt_at), finished_at = ? WHERE id = ?"
+                ),
                 (
                     "pending" if failed else attempt.outcome,  # sent | dead
                     attempt.error,
@@ -515,13 +530,23 @@ class Store:
         return removed
 
     def checkpoint(self) -> None:
-        """Fold the WAL into the database without blocking readers or the next poll."""
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        """SQLite: fold the WAL into the database off the poll path (PostgreSQL does its own)."""
+        if self.dialect == "sqlite":
+            sqlite.checkpoint(self.engine)
 
-    def count(self, table: Table) -> int:
+    def count(self, table: Any) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@cache
+def _to_format(text: str) -> str:
+    return text.replace("?", "%s")
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own words, without SQLAlchemy's wrapping (and its SQL)."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def _row_event(row: Any) -> Event:
