@@ -20,6 +20,14 @@ PYTHON = sys.executable
 T = TypeVar("T")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL on each backend: a SQLite file, or a fresh database on the test cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/notifier.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def sim() -> Iterator[BlandSimulator]:
     with BlandSimulator(seed=1) as simulator:

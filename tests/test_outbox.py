@@ -30,11 +30,17 @@ class Clock:
         return self.now
 
 
+STORE_URL = ""  # each test runs on both backends (``_on_each_backend``)
+
+
+@pytest.fixture(autouse=True)
+def _on_each_backend(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(globals(), "STORE_URL", store_url)
+
+
 def make_config(tmp_path: Path, targets: str, rules: str) -> Config:
     path = tmp_path / "notifier.toml"
-    path.write_text(
-        f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{tmp_path}/n.db"\n' + targets + rules
-    )
+    path.write_text(f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "{STORE_URL}"\n' + targets + rules)
     return load_config(path, {})
 
 

@@ -42,8 +42,8 @@ def test_a_week_of_polling_stays_bounded(tmp_path: Path) -> None:
     store.close()
 
 
-def test_prune_keeps_events_that_pending_deliveries_need(tmp_path: Path) -> None:
-    store = Store("sqlite:///n.db", {"STATE_DIRECTORY": str(tmp_path)})
+def test_prune_keeps_events_that_pending_deliveries_need(store_url: str) -> None:
+    store = Store(store_url)
     store.upgrade()
     t = detect(
         store.load_state(),
@@ -59,8 +59,8 @@ def test_prune_keeps_events_that_pending_deliveries_need(tmp_path: Path) -> None
     store.close()
 
 
-def test_prune_keeps_the_events_of_a_pending_digest(tmp_path: Path) -> None:
-    store = Store("sqlite:///n.db", {"STATE_DIRECTORY": str(tmp_path)})
+def test_prune_keeps_the_events_of_a_pending_digest(store_url: str) -> None:
+    store = Store(store_url)
     store.upgrade()
     calls = {cid: Call(call_id=cid) for cid in "abcd"}
     t = detect(store.load_state(), Snapshot(calls=calls), T0, DetectSettings(announce_existing=True))

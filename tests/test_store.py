@@ -1,4 +1,4 @@
-"""The SQLite store: file modes, migrations, atomic polls, and resuming from disk."""
+"""The store on both backends: migrations, atomic polls, resuming; SQLite's file modes and fsyncs."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ CFG = DetectSettings(announce_existing=True, stuck_queued_after=60)
 
 
 def open_store(directory: Path) -> Store:
-    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
+    return open_url("sqlite:///notifier.db", directory)
+
+
+def open_url(url: str, directory: Path | None = None) -> Store:
+    store = Store(url, {"STATE_DIRECTORY": str(directory)} if directory else {})
     store.upgrade()
     return store
 
@@ -60,8 +64,8 @@ def test_database_and_wal_files_are_private(tmp_path: Path) -> None:
     store.close()
 
 
-def test_upgrade_is_idempotent_and_at_head(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_upgrade_is_idempotent_and_at_head(store_url: str) -> None:
+    store = open_url(store_url)
     store.upgrade()
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
@@ -70,8 +74,8 @@ def test_upgrade_is_idempotent_and_at_head(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_poll_is_committed_whole_or_not_at_all(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_a_poll_is_committed_whole_or_not_at_all(store_url: str) -> None:
+    store = open_url(store_url)
     t1 = detect(store.load_state(), snap(call("a")), T0, CFG)
     commit(store, t1)
     t2 = detect(t1.state, snap(call("a", "IN_PROGRESS"), call("b")), T0 + 5, CFG)
@@ -86,8 +90,8 @@ def test_a_poll_is_committed_whole_or_not_at_all(tmp_path: Path) -> None:
     store.close()
 
 
-def test_failed_polls_persist_source_health(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_failed_polls_persist_source_health(store_url: str) -> None:
+    store = open_url(store_url)
     cfg = DetectSettings(unreachable_after=10)
     state = store.load_state()
     for i in range(3):
@@ -102,8 +106,8 @@ def test_failed_polls_persist_source_health(tmp_path: Path) -> None:
     store.close()
 
 
-def test_poll_log_stays_bounded(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_poll_log_stays_bounded(store_url: str) -> None:
+    store = open_url(store_url)
     state = store.load_state()
     for i in range(POLL_LOG_KEEP + 250):
         t = detect(state, snap(), T0 + i, CFG)
@@ -113,8 +117,8 @@ def test_poll_log_stays_bounded(tmp_path: Path) -> None:
     store.close()
 
 
-def test_event_queries(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_event_queries(store_url: str) -> None:
+    store = open_url(store_url)
     t1 = detect(store.load_state(), snap(call("a"), call("b", "IN_PROGRESS")), T0, CFG)
     commit(store, t1)
     t2 = detect(t1.state, snap(call("b", "IN_PROGRESS")), T0 + 100, CFG)
@@ -159,8 +163,8 @@ def test_resuming_from_the_database_repeats_and_loses_nothing(run: tuple) -> Non
     assert len(set(ids)) == len(ids)
 
 
-def test_redeliver_by_event_finds_singles_and_digests(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_redeliver_by_event_finds_singles_and_digests(store_url: str) -> None:
+    store = open_url(store_url)
     t = detect(DetectState("i"), snap(call("a"), call("b"), call("c")), T0, CFG)
     a, b, c = (e.id for e in t.events)
     commit(store, t, planned=[PlannedDelivery("crm", "all", (a,)), PlannedDelivery("slack", "all", (b, c))])
