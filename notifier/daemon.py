@@ -94,9 +94,11 @@ class Daemon:
         self._ready = False
         self._store_error: str | None = None
         self._leader_seen: str | None = None  # who leads, as last read by a standby
+        self._deposed_term = 0  # the last term whose end was logged
         self.metrics = Metrics(states=self._states, queue=self._queue_stats, clock=clock)
         for name in config.sources:
             self.metrics.add_source(name)
+        self.metrics.leader.set_function(lambda: 1.0 if self.role == "leader" else 0.0)
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
 
@@ -104,7 +106,9 @@ class Daemon:
 
     @property
     def role(self) -> str:
-        return "leader" if self._loops else "standby"
+        """A leader until its lease may have run out by its own clock, whatever a stuck
+        store call in its term still waits for."""
+        return "leader" if self._loops and self.lease.held() else "standby"
 
     def _states(self) -> dict[str, DetectState]:
         return {name: loop.poller.state for name, loop in self._loops.items()}
@@ -233,7 +237,6 @@ class Daemon:
         the lease kept alive; ends on a stop (lease given up) or when the lease is lost."""
         term = self.lease.term
         assert term is not None
-        self.metrics.leader.set(1)
         self.metrics.leader_changes.inc()
         self._leader_seen = None
         log.info("became the leader", extra=kv(term=term.number))
@@ -274,7 +277,6 @@ class Daemon:
             self._term_tg = None
             clients = [loop.poller.client for loop in self._loops.values()]
             self._loops = {}
-            self.metrics.leader.set(0)
             self.metrics.leader_changes.inc()
             with anyio.CancelScope(shield=True):
                 for client in clients:
@@ -286,6 +288,13 @@ class Daemon:
                     except SQLAlchemyError as exc:
                         self._store_failed(exc)
             self.lease.step_down()
+
+    def _deposed(self, term: int, reason: str) -> None:
+        """Said once per term, as soon as it is known (a store call that hangs may keep
+        the term's tasks winding down for a while; they no longer act)."""
+        if self._deposed_term != term:
+            self._deposed_term = term
+            log.warning("no longer the leader; now a standby", extra=kv(term=term, reason=reason))
 
     async def _start_loop(self, name: str) -> None:
         assert self._term_tg is not None
@@ -320,6 +329,7 @@ class Daemon:
                 wait = min(STORE_RETRY, self.lease.remaining())
                 continue
             if deadline.cancelled_caught:
+                self._deposed(self.lease.term.number if self.lease.term else 0, "the store did not answer in time")
                 raise LeaseLost("the store did not answer before the lease ran out")
             if not renewed:
                 raise LeaseLost("another daemon holds the lease")
@@ -416,7 +426,7 @@ class Daemon:
         self._standby_wake.set()
         for loop in self._loops.values():
             loop.wake.set()
-            if loop.poll_scope is not None:
+            if loop.poll_scope is not None and not loop.poller.committing:
                 loop.poll_scope.cancel()  # an in-flight request; a commit runs to its end
 
     async def _reload(self) -> None:

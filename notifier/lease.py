@@ -74,14 +74,17 @@ class Term:
 
     def verify(self, conn: Connection) -> None:
         row = conn.execute(
-            text("SELECT holder, term FROM leader WHERE id = 1" + _for_update(conn)),
+            text("SELECT holder, term FROM leader WHERE id = 1" + _for_share(conn)),
         ).first()
         if row is None or row.holder != self.holder or row.term != self.number:
             raise LeaseLost(f"term {self.number} is over (the store is at term {row.term if row else '?'})")
 
 
-def _for_update(conn: Connection) -> str:
-    return " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+def _for_share(conn: Connection) -> str:
+    """PostgreSQL: hold the lease row still until the commit ends (a takeover waits for
+    it), while several sources' commits go on side by side. SQLite's write lock already
+    serialises everything."""
+    return " FOR SHARE" if conn.dialect.name == "postgresql" else ""
 
 
 def _now_sql(conn: Connection) -> str:

@@ -157,7 +157,9 @@ class Dispatcher:
                     try:
                         if await self._send_due(target, channel):
                             continue
-                        next_due = await anyio.to_thread.run_sync(self.store.next_due, target.name)
+                        next_due = await anyio.to_thread.run_sync(
+                            self.store.next_due, target.name, abandon_on_cancel=True
+                        )
                     except SQLAlchemyError as exc:  # a locked or full disk: wait, then try again
                         log.error("outbox unavailable", extra=kv(target=target.name, error=str(exc)))
                         next_due = None
@@ -171,7 +173,11 @@ class Dispatcher:
 
     async def _send_due(self, target: Target, channel: Channel) -> int:
         fence = self.fence() if self.fence is not None else None
-        batch = await anyio.to_thread.run_sync(self.store.due_deliveries, target.name, self.clock(), BATCH, fence)
+        # Reads are abandoned, not awaited, when the term ends: a store that does not
+        # answer must not keep a deposed daemon from standing down.
+        batch = await anyio.to_thread.run_sync(
+            self.store.due_deliveries, target.name, self.clock(), BATCH, fence, abandon_on_cancel=True
+        )
         outcomes: Counter[str] = Counter()
         for delivery, events in batch:
             if self._stopping:

@@ -97,6 +97,7 @@ class Poller:
         self.fence = fence
         self.last_error: PollError | None = None
         self._stale = False  # the last commit failed: memory may not match the store
+        self.committing = False  # a stop lets the commit finish; a lost lease abandons it
 
     @property
     def source(self) -> SourceConfig:
@@ -151,8 +152,13 @@ class Poller:
             skipped=snapshot.skipped if snapshot is not None else None,
             error=error.reason if error else None,
         )
+        self.committing = True
         try:
-            await anyio.to_thread.run_sync(self.store.commit_poll, transition, planned, record, fence)
+            # Abandoned (never interrupted) when the term ends: the fence inside its
+            # transaction decides whether it lands, however late it runs.
+            await anyio.to_thread.run_sync(
+                self.store.commit_poll, transition, planned, record, fence, abandon_on_cancel=True
+            )
         except (SQLAlchemyError, StaleState) as exc:
             # Nothing of this poll was kept. Memory is not trusted after a failed commit
             # (another writer may have moved the store on): the next poll reloads the
@@ -163,6 +169,8 @@ class Poller:
                 extra=kv(source=self.name, error=_reason(exc)),
             )
             return self._failed(started, now, PollError("could not record the poll"))
+        finally:
+            self.committing = False
         self.state = transition.state
         self.last_error = error
         cycle = Cycle(

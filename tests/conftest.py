@@ -34,7 +34,15 @@ def sim() -> Iterator[BlandSimulator]:
         yield simulator
 
 
-def write_config(directory: Path, sim: BlandSimulator | None, body: str = "", *, source_extra: str = "") -> Path:
+def write_config(
+    directory: Path,
+    sim: BlandSimulator | None,
+    body: str = "",
+    *,
+    source_extra: str = "",
+    storage: str = 'url = "sqlite:///notifier.db"',
+    name: str = "notifier.toml",
+) -> Path:
     """A config whose API key comes from $TEST_BLAND_KEY, as an operator would write it."""
     base_url = sim.base_url if sim else "http://127.0.0.1:9"
     org = sim.org_id if sim else "org"
@@ -51,10 +59,10 @@ def write_config(directory: Path, sim: BlandSimulator | None, body: str = "", *,
         """
         )
         + textwrap.dedent(source_extra)
-        + '\n[storage]\nurl = "sqlite:///notifier.db"\n'
+        + f"\n[storage]\n{storage}\n"
         + textwrap.dedent(body)
     )
-    path = directory / "notifier.toml"
+    path = directory / name
     path.write_text(text)
     return path
 
@@ -95,7 +103,12 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type:
 
 
 class DaemonProcess:
-    """``notifier run`` as a real subprocess, stderr kept in a file for assertions."""
+    """``notifier run`` as a real subprocess, stderr kept in a file for assertions.
+
+    Every one started is killed when its test ends, however it ends (``_reap_daemons``).
+    """
+
+    started: list[DaemonProcess] = []
 
     def __init__(self, directory: Path, env: dict[str, str], args: list[str] | None = None) -> None:
         self.directory = directory
@@ -109,15 +122,25 @@ class DaemonProcess:
             stderr=self._log,
             text=True,
         )
+        DaemonProcess.started.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     @property
     def log(self) -> str:
         return self.log_path.read_text()
 
     def stop(self, sig: int = 15, timeout: float = 30) -> int:
+        """Signal, wait for the exit code; kill it (and fail) if it does not exit in time."""
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
         finally:
             self._log.close()
 
@@ -125,6 +148,17 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait(10)
         self._log.close()
+
+
+@pytest.fixture(autouse=True)
+def _reap_daemons() -> Iterator[None]:
+    yield
+    while DaemonProcess.started:
+        daemon = DaemonProcess.started.pop()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+        daemon._log.close()
 
 
 def from_store(directory: Path, read: Callable[[Store], list[T]]) -> list[T]:

@@ -80,7 +80,9 @@ def test_a_deposed_leader_commits_nothing(store: Store) -> None:
     assert [e.call_id for e in store.events()] == ["x"]  # y was never recorded
     resumed = store.load_state()  # b resumes from what a committed
     assert set(resumed.calls) == {"x"}
-    store.commit_poll(detect(resumed, snap(call("x"), call("y")), T0 + 2, CFG), [], PollRecord(T0, 0.0, True), b.check())
+    store.commit_poll(
+        detect(resumed, snap(call("x"), call("y")), T0 + 2, CFG), [], PollRecord(T0, 0.0, True), b.check()
+    )
     assert [e.call_id for e in store.events()] == ["x", "y"]
 
 

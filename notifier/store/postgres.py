@@ -16,6 +16,11 @@ CONNECT_ARGS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,  # ms: unacknowledged writes fail after this
     "application_name": "bland-notifier",
+    # A daemon cut off in the middle of a transaction holds its locks (the lease row
+    # among them) until the server notices: the server's keepalives for the session end
+    # it within ~11 s of a partition, sooner than the lease a standby waits out.
+    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+    " -c tcp_user_timeout=10000 -c idle_in_transaction_session_timeout=10000",
 }
 
 

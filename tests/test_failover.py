@@ -1,0 +1,290 @@
+"""Several daemons on one store, as real processes: one leader, fenced; failover on
+SIGKILL, SIGTERM, SIGSTOP, a PostgreSQL restart and a partition; every call's events
+reach the webhook exactly once by id (a resend only with the same ``webhook-id``)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from notifier.lease import read_leader
+from notifier.simulator import BlandSimulator, wire_call
+from notifier.store import Store, StoreError
+from tests.conftest import DaemonProcess, announce_to, cli_env, run_cli, wait_for, write_config
+from tests.postgres import PostgresCluster
+from tests.proxy import Proxy
+from tests.receivers import Receiver
+
+LEASE = 2.0
+INTERVAL = 0.1
+#: What a loaded 2-core machine adds to a failover on top of SPEC's bound (process
+#: scheduling, the first poll's round trip); the measured figures are in BENCHMARKS.md.
+SLACK = 1.0
+
+
+class Traffic:
+    """Upstream keeps changing while daemons come and go: calls arrive, start, end.
+    Each call lives long enough to be seen by whoever leads after a failover (a call
+    that comes and goes while nobody polls can never be observed)."""
+
+    MIN_LIFE = LEASE + 3.0
+
+    def __init__(self, sim: BlandSimulator, seed: int = 7) -> None:
+        self.sim, self.rng = sim, random.Random(seed)
+        self.live: dict[str, tuple[str, float]] = {}
+        self.ever: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._n = 0
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def ended(self) -> set[str]:
+        return self.ever - set(self.live)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.15):
+            now = time.monotonic()
+            for cid, (status, born) in list(self.live.items()):
+                roll = self.rng.random()
+                if now - born > self.MIN_LIFE and roll < 0.2:
+                    del self.live[cid]
+                elif status == "QUEUED" and roll < 0.3:
+                    self.live[cid] = ("IN_PROGRESS", born)
+            for _ in range(self.rng.randint(0, 3)):
+                self._n += 1
+                cid = f"c{self._n}"
+                self.live[cid] = ("QUEUED", now)
+                self.ever.add(cid)
+            self.sim.set_calls([wire_call(cid, status) for cid, (status, _) in self.live.items()])
+
+
+@pytest.fixture
+def rx() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+def configure(tmp_path: Path, sim: BlandSimulator, rx: Receiver, url: str, name: str = "notifier.toml") -> Path:
+    return write_config(
+        tmp_path,
+        sim,
+        announce_to(rx.url, events='"call.appeared", "call.started", "call.disappeared"'),
+        storage=f'url = "{url}"\nlease = "{LEASE:g}s"',
+        name=name,
+    )
+
+
+def start(tmp_path: Path, sim: BlandSimulator, config: str = "notifier.toml") -> DaemonProcess:
+    return DaemonProcess(tmp_path, cli_env(sim, tmp_path), ["--config", str(tmp_path / config), "run"])
+
+
+def leader_pid(url: str) -> int | None:
+    """The leader's pid; None while nobody leads, or before the first daemon made the store."""
+    try:
+        store = Store(url, create=False)
+    except StoreError:
+        return None
+    try:
+        info = read_leader(store)
+    except (OperationalError, ProgrammingError):  # no leader table yet
+        return None
+    finally:
+        store.close()
+    return info.pid if info is not None and info.held else None
+
+
+def last_poll(url: str) -> float:
+    store = Store(url, create=False)
+    try:
+        with store.engine.connect() as conn:
+            return float(conn.exec_driver_sql("SELECT coalesce(max(at), 0) FROM polls WHERE ok").scalar())
+    finally:
+        store.close()
+
+
+def wait_for_leader(url: str, among: list[DaemonProcess], timeout: float = 20) -> DaemonProcess:
+    pids = {d.pid: d for d in among}
+    return pids[wait_for(lambda: (pid := leader_pid(url)) in pids and pid, timeout=timeout)]
+
+
+def failover_seconds(url: str, since: float, among: list[DaemonProcess]) -> tuple[DaemonProcess, float]:
+    """Wait for one of ``among`` to lead and commit a poll; seconds from ``since`` (wall clock)."""
+    leader = wait_for_leader(url, among)
+    wait_for(lambda: last_poll(url) > since)
+    return leader, last_poll(url) - since
+
+
+def assert_exactly_once(rx: Receiver, traffic: Traffic) -> None:
+    wait_for(lambda: len(traffic.ended) >= 3 and len(traffic.ever) >= 20, timeout=30)  # enough churn
+    traffic.stop()
+    ended = traffic.ended
+
+    def kinds() -> Counter[tuple[str, str]]:
+        first = {}
+        for r in rx.received:
+            first.setdefault(r.headers["webhook-id"], r.json)
+        return Counter((b["type"], b["data"]["call"]["call_id"]) for b in first.values())
+
+    def complete() -> bool:
+        seen = kinds()
+        return all(seen[("call.appeared", c)] for c in traffic.ever) and all(
+            seen[("call.disappeared", c)] for c in ended
+        )
+
+    wait_for(complete, timeout=30)
+    seen = kinds()
+    twice = {k: n for k, n in seen.items() if n > 1}
+    assert not twice, f"emitted twice under different ids: {twice}"
+    assert all(r.verified is None for r in rx.received)
+
+
+def test_sigkill_of_the_leader_mid_burst_fails_over_and_loses_nothing(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, store_url: str
+) -> None:
+    configure(tmp_path, sim, rx, store_url)
+    with Traffic(sim) as traffic:
+        daemons = [start(tmp_path, sim), start(tmp_path, sim)]
+        figures = []
+        for _ in range(2):
+            leader = wait_for_leader(store_url, daemons)
+            wait_for(lambda: len(rx.received) > 5)
+            time.sleep(random.uniform(0.2, 0.6))
+            killed_at = time.time()
+            leader.kill()
+            daemons.remove(leader)
+            successor, took = failover_seconds(store_url, killed_at, daemons)
+            figures.append(took)
+            assert took <= LEASE + INTERVAL + SLACK, figures
+            daemons.append(start(tmp_path, sim))  # systemd restarts it: a standby now
+        assert_exactly_once(rx, traffic)
+    for daemon in daemons:
+        assert daemon.stop() == 0
+    assert all("UNIQUE" not in d.log and "Traceback" not in d.log for d in daemons)
+
+
+def test_a_clean_stop_hands_over_within_an_interval_and_a_second(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, store_url: str
+) -> None:
+    configure(tmp_path, sim, rx, store_url)
+    with Traffic(sim) as traffic:
+        daemons = [start(tmp_path, sim), start(tmp_path, sim)]
+        leader = wait_for_leader(store_url, daemons)
+        (standby,) = (d for d in daemons if d is not leader)
+        wait_for(lambda: "standby" in standby.log)
+        wait_for(lambda: len(rx.received) > 5)
+        assert leader.stop() == 0
+        stopped_at = time.time()
+        assert "gave the lease up" in leader.log
+        successor, took = failover_seconds(store_url, stopped_at, [standby])
+        assert took <= INTERVAL + 1.0 + SLACK, took
+        assert_exactly_once(rx, traffic)
+    assert standby.stop() == 0
+
+
+def test_a_paused_leader_wakes_up_deposed_and_commits_nothing(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, store_url: str
+) -> None:
+    configure(tmp_path, sim, rx, store_url)
+    with Traffic(sim) as traffic:
+        daemons = [start(tmp_path, sim), start(tmp_path, sim)]
+        leader = wait_for_leader(store_url, daemons)
+        (standby,) = (d for d in daemons if d is not leader)
+        wait_for(lambda: len(rx.received) > 5)
+        leader.proc.send_signal(signal.SIGSTOP)
+        paused_at = time.time()
+        successor, took = failover_seconds(store_url, paused_at, [standby])
+        assert took <= LEASE + INTERVAL + SLACK, took
+        time.sleep(LEASE)  # the old leader sleeps on, well past its lease
+        leader.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "no longer the leader" in leader.log)
+        assert leader_pid(store_url) == standby.pid
+        assert_exactly_once(rx, traffic)
+    assert leader.stop() == 0 and standby.stop() == 0
+
+
+def test_once_and_a_second_run_beside_a_running_daemon(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, store_url: str
+) -> None:
+    """The wedge of the first release: a second writer moved the stored event numbers
+    and every later poll of the daemon failed with a UNIQUE constraint."""
+    configure(tmp_path, sim, rx, store_url)
+    sim.set_calls([wire_call("a")])
+    daemon = start(tmp_path, sim)
+    wait_for(lambda: rx.received)
+    once = run_cli(["--config", str(tmp_path / "notifier.toml"), "once"], cli_env(sim, tmp_path), tmp_path)
+    assert once.returncode == 75, once.stderr
+    assert f"pid {daemon.pid}" in once.stderr and "leads" in once.stderr and "did nothing" in once.stderr
+    second = start(tmp_path, sim)
+    wait_for(lambda: "standby" in second.log)
+    sim.set_calls([wire_call("a"), wire_call("b")])
+    wait_for(lambda: {r.json["data"]["call"]["call_id"] for r in rx.received} == {"a", "b"})
+    assert leader_pid(store_url) == daemon.pid
+    assert second.stop() == 0 and daemon.stop() == 0
+    assert len({r.headers["webhook-id"] for r in rx.received}) == 2
+    for d in (daemon, second):
+        assert "UNIQUE" not in d.log and "could not record" not in d.log, d.log
+
+
+def test_a_postgresql_restart_under_running_daemons_loses_nothing(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    configure(tmp_path, sim, rx, postgres_url)
+    with Traffic(sim) as traffic:
+        daemons = [start(tmp_path, sim), start(tmp_path, sim)]
+        wait_for_leader(postgres_url, daemons)
+        wait_for(lambda: len(rx.received) > 5)
+        postgres_cluster.restart()
+        restarted_at = time.time()
+        wait_for(lambda: last_poll(postgres_url) > restarted_at + 1, timeout=30)
+        assert_exactly_once(rx, traffic)
+    for daemon in daemons:
+        assert daemon.stop() == 0
+        assert "Traceback" not in daemon.log
+
+
+def test_a_leader_cut_off_from_postgresql_goes_quiet_and_a_standby_takes_over(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    with Proxy(postgres_cluster.port) as proxy:
+        configure(tmp_path, sim, rx, postgres_url)
+        configure(tmp_path, sim, rx, postgres_url.replace(f":{postgres_cluster.port}/", f":{proxy.port}/"), "cut.toml")
+        with Traffic(sim) as traffic:
+            behind = start(tmp_path, sim, "cut.toml")
+            wait_for_leader(postgres_url, [behind])
+            direct = start(tmp_path, sim)
+            wait_for(lambda: "standby" in direct.log)
+            wait_for(lambda: len(rx.received) > 5)
+            proxy.cut()
+            cut_at = time.time()
+            # It stops acting by its own clock, before its lease can have run out ...
+            wait_for(lambda: "no longer the leader" in behind.log, timeout=LEASE + 1)
+            quiet_at = time.time()
+            assert quiet_at - cut_at <= LEASE, quiet_at - cut_at
+            sent = len(rx.received)
+            # ... and a standby leads within lease + poll_interval.
+            successor, took = failover_seconds(postgres_url, cut_at, [direct])
+            assert took <= LEASE + INTERVAL + SLACK, took
+            proxy.heal()
+            assert_exactly_once(rx, traffic)
+            assert len(rx.received) >= sent
+        assert direct.stop() == 0
+        assert behind.stop() == 0
