@@ -64,9 +64,9 @@ def summary(values: list[float]) -> dict[str, float]:
 class Pipeline:
     """The daemon's poll cycle minus the network: decode, detect, route, persist."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, url: str = "sqlite:///bench.db") -> None:
         tune_gc()  # as the daemon runs
-        self.store = Store("sqlite:///bench.db", {"STATE_DIRECTORY": directory})
+        self.store = Store(url, {"STATE_DIRECTORY": directory})
         self.store.upgrade()
         self.state: DetectState = self.store.load_state()
         self.decoder = ActiveCallsDecoder()
@@ -166,6 +166,34 @@ def bench_cycle(size: int, polls: int, steady_polls: int) -> dict[str, Any]:
         "steady_ratio": statistics.fmean(steady) / statistics.fmean(steady_loads),
         "naive_ratio": statistics.fmean(naive_cycle) / base,
         "checkpoint_ratio": sum(checkpoints) / len(cycle) / base,
+    }
+
+
+def bench_backends(size: int, polls: int, postgres_url: str) -> dict[str, Any]:
+    """The same poll cycles on SQLite and on PostgreSQL (a local server), interleaved
+    poll by poll so that both see the same machine."""
+    bodies = campaign_bodies(size, polls + 1)
+    with tempfile.TemporaryDirectory() as directory:
+        pipelines = {"sqlite": Pipeline(directory), "postgresql": Pipeline(directory, postgres_url)}
+        for pipeline in pipelines.values():
+            pipeline.poll(bodies[0])
+        loads: list[float] = []
+        cycles: dict[str, list[float]] = {name: [] for name in pipelines}
+        persist: dict[str, list[float]] = {name: [] for name in pipelines}
+        for body in bodies[1:]:
+            loads.append(cpu(lambda: json.loads(body)))  # noqa: B023
+            for name, pipeline in pipelines.items():
+                started = time.perf_counter()
+                timed = pipeline.poll(body)
+                cycles[name].append(time.perf_counter() - started)  # wall: the server's CPU counts too
+                persist[name].append(timed["persist"])
+        for pipeline in pipelines.values():
+            pipeline.store.close()
+    base = statistics.fmean(loads)
+    return {
+        "size": size,
+        "wall_ratio": {name: statistics.fmean(values) / base for name, values in cycles.items()},
+        "persist_cpu_ratio": {name: statistics.fmean(values) / base for name, values in persist.items()},
     }
 
 
@@ -503,6 +531,43 @@ def report(results: dict[str, Any]) -> str:
         ]
         lines += ["", "## The targets of issue 6", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {goal} | {measured} | {'yes' if met else '**no**'} |" for goal, measured, met in targets(results)]
+    if "backends" in results:
+        b = results["backends"]
+        lines += [
+            "",
+            f"## Several daemons, one store: the backends ({b['size']:,} calls, 1 % churn)",
+            "",
+            "| store | poll cycle, wall time / json.loads | persist, this process's CPU / json.loads |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | **{b['wall_ratio'][name]:.2f}x** | {b['persist_cpu_ratio'][name]:.2f}x |"
+            for name in ("sqlite", "postgresql")
+        ]
+        lines += [
+            "",
+            f"PostgreSQL / SQLite, poll cycle: **{b['wall_ratio']['postgresql'] / b['wall_ratio']['sqlite']:.2f}x** "
+            "(wall time, since the server's own work is in another process; the server is on this machine).",
+        ]
+    if "failover" in results:
+        lines += [
+            "",
+            "## Failover (two daemons, lease 2 s, poll interval 200 ms)",
+            "",
+            "| store | how the leader is lost | rounds | to the successor's first poll: median / max | SPEC bound |",
+            "|---|---|---|---|---|",
+        ]
+        what = {
+            "kill": "SIGKILL (same host: the dead pid is seen)",
+            "stop": "SIGSTOP (a lost host: the lease runs out)",
+            "term": "SIGTERM (the lease is given up)",
+        }
+        for store, runs in results["failover"].items():
+            for f in runs:
+                lines.append(
+                    f"| {store} | {what[f['how']]} | {f['rounds']} | {f['median']:.2f} s / **{f['max']:.2f} s** "
+                    f"| {f['bound']:.1f} s |"
+                )
     lines += ["", READING]
     return "\n".join(line for line in lines if line != "").replace("\n## ", "\n\n## ").replace("|\n\n|", "|\n|") + "\n"
 
@@ -560,6 +625,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="small N only, no daemon runs (a smoke test)")
     parser.add_argument("--output", default=None, help="write the Markdown report here (e.g. BENCHMARKS.md)")
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="skip the PostgreSQL rows (they start a throwaway local server)"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     sizes = [(1000, 5, 3)] if args.quick else [(1000, 30, 15), (10_000, 20, 10), (100_000, 8, 4)]
@@ -582,6 +650,23 @@ def main() -> None:
         results["latency"] = bench_latency(100, 0.25)
         print("idle CPU (60 s)...", file=sys.stderr, flush=True)
         results["idle"] = bench_idle(1000, 60)
+    if not args.no_postgres:
+        from benchmarks.failover import bench_failover
+        from tests.postgres import PostgresCluster
+
+        with PostgresCluster() as cluster:
+            print("PostgreSQL beside SQLite...", file=sys.stderr, flush=True)
+            size, polls = (1000, 5) if args.quick else (10_000, 20)
+            results["backends"] = bench_backends(size, polls, cluster.create_database("bench"))
+            rounds = 2 if args.quick else 10
+            results["failover"] = {}
+            for store, url in (("sqlite", None), ("postgresql", None)):
+                print(f"failover on {store}...", file=sys.stderr, flush=True)
+                runs = []
+                for how in ("kill", "stop", "term"):
+                    db = cluster.create_database(f"failover_{how}") if store == "postgresql" else url
+                    runs.append(bench_failover(db, rounds, how))
+                results["failover"][store] = runs
     text = report(results)
     print(text)
     if args.output:

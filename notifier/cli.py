@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_commands.add_parser("upgrade", help="apply migrations")
+    copy = db_commands.add_parser("copy", help="copy the store into another, empty database (daemons stopped)")
+    copy.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB")
     return parser
 
 
@@ -402,6 +404,29 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    from notifier.config import StorageConfig, validate_storage
+    from notifier.store.transfer import copy_store
+
+    storage = load_storage(resolve_path(args.config))
+    destination = StorageConfig(url=args.to)
+    validate_storage(destination, lambda key, reason: ConfigError("--to", None, reason))
+    register_secrets(storage_secrets(storage) + storage_secrets(destination))
+    source = Store(storage.url, create=False)
+    target = Store(destination.url)
+    try:
+        source.require_schema()
+        target.upgrade()
+        copied = copy_store(source, target)
+    finally:
+        source.close()
+        target.close()
+    rows = ", ".join(f"{count} {table}" for table, count in copied.items() if count)
+    print(f"copied {source.description} to {target.description}: {rows or 'nothing (the store was empty)'}")
+    print("now point [storage] url at the new database and start the daemons")
+    return 0
+
+
 _HANDLERS: dict[str, Handler] = {
     "run": cmd_run,
     "once": cmd_once,
@@ -414,4 +439,5 @@ _HANDLERS: dict[str, Handler] = {
     "simulate": cmd_simulate,
     "demo": cmd_demo,
     "db upgrade": cmd_db_upgrade,
+    "db copy": cmd_db_copy,
 }

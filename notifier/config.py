@@ -203,7 +203,7 @@ def load_storage(path: Path, env: Mapping[str, str] = os.environ) -> StorageConf
     except msgspec.ValidationError as exc:
         key, reason = _split_msgspec_error(str(exc))
         raise ConfigError(path, _join("storage", key) if key else "storage", reason) from None
-    _validate_storage(storage, lambda key, reason: ConfigError(path, key, reason))
+    validate_storage(storage, lambda key, reason: ConfigError(path, key, reason))
     return storage
 
 
@@ -301,7 +301,7 @@ def _validate(schema: _File, path: Path) -> Config:
         return ConfigError(path, key, reason)
 
     sources = _sources(schema, fail)
-    _validate_storage(schema.storage, fail)
+    validate_storage(schema.storage, fail)
     det = schema.detect
     if det.missing_polls < 1:
         raise fail("detect.missing_polls", "must be 1 or more")
@@ -391,7 +391,7 @@ def _sources(schema: _File, fail: Any) -> dict[str, SourceConfig]:
     return found
 
 
-def _validate_storage(storage: StorageConfig, fail: Any) -> None:
+def validate_storage(storage: StorageConfig, fail: Any) -> None:
     url = storage.url
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         raise fail("storage.url", "write postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB (the psycopg 3 driver)")
