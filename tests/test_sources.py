@@ -35,13 +35,12 @@ def source(name: str, sim: BlandSimulator, key_var: str) -> str:
 
 def test_config_accepts_sources_and_names_each_error(tmp_path: Path) -> None:
     path = tmp_path / "n.toml"
-    two = '[[sources]]\nname = "us-east"\napi_key = "k1"\norg_id = "o1"\n[[sources]]\nname = "eu"\napi_key = "k2"\norg_id = "o2"\n'
-    path.write_text(
-        two
-        + '[[rules]]\nname = "eu"\nevents = ["*"]\nmatch = [\'source = "eu"\']\ntargets = []\n'.replace(
-            "targets = []", 'targets = ["t"]\n[targets.t]\nurl = "https://example.invalid/h"'
-        )
+    two = (
+        '[[sources]]\nname = "us-east"\napi_key = "k1"\norg_id = "o1"\n'
+        '[[sources]]\nname = "eu"\napi_key = "k2"\norg_id = "o2"\n'
     )
+    rule = '[[rules]]\nname = "eu"\nevents = ["*"]\nmatch = [\'source = "eu"\']\ntargets = ["t"]\n'
+    path.write_text(two + rule + '[targets.t]\nurl = "https://example.invalid/h"\n')
     config = load_config(path, {})
     assert list(config.sources) == ["us-east", "eu"]
     assert config.detect_for("eu").unreachable_after == 60.0
