@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -38,6 +39,7 @@ from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
 from notifier.store import BUSY_TIMEOUT, Store
 
+T = TypeVar("T")
 DRAIN_TIMEOUT = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Retention pruning runs this often, in small batches, off the poll path.
@@ -49,6 +51,13 @@ CHECKPOINT_EVERY = 10.0
 STANDBY_CHECK = 1.0
 #: After a store error, retry the lease this soon (within what the lease has left).
 STORE_RETRY = 1.0
+#: A store call of the leadership loop that has not answered in this long counts as a
+#: store outage (a partition: no error ever comes). Its thread is left to end on its own.
+STORE_TIMEOUT = 5.0
+
+
+class StoreTimeout(Exception):
+    """The store did not answer in time."""
 
 
 def tune_gc() -> None:
@@ -95,6 +104,7 @@ class Daemon:
         self._store_error: str | None = None
         self._leader_seen: str | None = None  # who leads, as last read by a standby
         self._deposed_term = 0  # the last term whose end was logged
+        self._store_busy = False  # a bounded store call is still running (perhaps abandoned)
         self.metrics = Metrics(states=self._states, queue=self._queue_stats, clock=clock)
         for name in config.sources:
             self.metrics.add_source(name)
@@ -131,6 +141,24 @@ class Daemon:
         if self._store_error is not None:
             log.info("the store is reachable again", extra=kv(database=self.store.description))
         self._store_error = None
+
+    async def _ask_store(self, fn: Callable[..., T], *args: object, timeout: float = STORE_TIMEOUT) -> T:
+        """Run a store call off the loop, bounded in time. One at a time: while an
+        abandoned call still hangs, the next is not started (threads would pile up for
+        as long as a partition lasts), and the store counts as unavailable."""
+        if self._store_busy:
+            raise StoreTimeout("the store has not answered the previous request yet")
+        self._store_busy = True
+
+        def call() -> T:
+            try:
+                return fn(*args)
+            finally:
+                self._store_busy = False
+
+        with anyio.move_on_after(timeout):
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        raise StoreTimeout(f"no answer from the store within {format_duration(timeout)}")
 
     def _store_failed(self, exc: Exception) -> None:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -200,8 +228,8 @@ class Daemon:
         """Standby until the lease is ours, leader until it is not; until a stop."""
         while not self._stop.is_set():
             try:
-                won = await anyio.to_thread.run_sync(self.lease.attempt)
-            except SQLAlchemyError as exc:
+                won = await self._ask_store(self.lease.attempt)
+            except (SQLAlchemyError, StoreTimeout) as exc:
                 self._store_failed(exc)
                 won = False
             else:
@@ -219,9 +247,11 @@ class Daemon:
 
     async def _observe_leader(self) -> None:
         """A standby says who leads (a log line when that changes) and in STATUS=."""
+        if self._store_error is not None:
+            return  # the attempt just failed: nothing to read
         try:
-            info = await anyio.to_thread.run_sync(read_leader, self.store, self.clock)
-        except SQLAlchemyError as exc:
+            info = await self._ask_store(read_leader, self.store, self.clock)
+        except (SQLAlchemyError, StoreTimeout) as exc:
             self._store_failed(exc)
             return
         leader = info.describe() if info is not None and info.held else None
@@ -320,17 +350,15 @@ class Daemon:
         while True:
             await anyio.sleep(wait)
             try:
-                with anyio.move_on_after(self.lease.remaining()) as deadline:
-                    renewed = await anyio.to_thread.run_sync(self.lease.renew, abandon_on_cancel=True)
-            except SQLAlchemyError as exc:
+                renewed = await self._ask_store(self.lease.renew, timeout=max(0.0, self.lease.remaining()))
+            except (SQLAlchemyError, StoreTimeout) as exc:
                 self._store_failed(exc)
                 if not self.lease.held():
-                    raise LeaseLost(f"could not renew the lease: {self._store_error}") from None
+                    reason = f"could not renew the lease: {self._store_error}"
+                    self._deposed(self.lease.term.number if self.lease.term else 0, reason)
+                    raise LeaseLost(reason) from None
                 wait = min(STORE_RETRY, self.lease.remaining())
                 continue
-            if deadline.cancelled_caught:
-                self._deposed(self.lease.term.number if self.lease.term else 0, "the store did not answer in time")
-                raise LeaseLost("the store did not answer before the lease ran out")
             if not renewed:
                 raise LeaseLost("another daemon holds the lease")
             self._store_ok()

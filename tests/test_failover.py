@@ -4,8 +4,10 @@ reach the webhook exactly once by id (a resend only with the same ``webhook-id``
 
 from __future__ import annotations
 
+import json
 import random
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -288,3 +290,44 @@ def test_a_leader_cut_off_from_postgresql_goes_quiet_and_a_standby_takes_over(
             assert len(rx.received) >= sent
         assert direct.stop() == 0
         assert behind.stop() == 0
+
+
+def test_roles_in_health_and_metrics_and_a_lost_store_is_503_on_both(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    from tests.test_service import free_port, get
+
+    with Proxy(postgres_cluster.port) as proxy:
+        url = postgres_url.replace(f":{postgres_cluster.port}/", f":{proxy.port}/")
+        ports = [free_port(), free_port()]
+        for index, port in enumerate(ports):
+            path = configure(tmp_path, sim, rx, url, f"d{index}.toml")
+            path.write_text(path.read_text() + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        sim.set_calls([wire_call("a")])
+        daemons = [start(tmp_path, sim, "d0.toml")]
+        wait_for_leader(postgres_url, daemons)
+        daemons.append(start(tmp_path, sim, "d1.toml"))
+        wait_for(lambda: "standby" in daemons[1].log)
+
+        def health(port: int) -> tuple[int, dict]:
+            code, body = get(f"http://127.0.0.1:{port}/healthz")
+            return code, json.loads(body) if body else {}
+
+        code, leader = wait_for(lambda: (h := health(ports[0]))[1].get("status") == "ok" and h)
+        assert code == 200 and leader["role"] == "leader" and leader["sources"]["default"]["active_calls"] == 1
+        code, standby = health(ports[1])
+        assert code == 200 and standby["status"] == "standby" and standby["role"] == "standby"
+        assert standby["leader"] == f"{socket.gethostname()} pid {daemons[0].pid}" and standby["sources"] == {}
+        for port, value in zip(ports, ("1.0", "0.0"), strict=True):
+            assert f"notifier_leader {value}" in get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+
+        proxy.cut()
+        for port in ports:
+            code, body = wait_for(lambda: (h := health(port))[0] == 503 and h, timeout=LEASE + 10)  # noqa: B023
+            assert body["status"] == "store unavailable" and body["store"], body
+        assert health(ports[0])[1]["role"] == "standby"  # it stopped leading by its own clock
+        proxy.heal()
+        wait_for(lambda: any(health(port)[1].get("role") == "leader" for port in ports), timeout=30)
+        wait_for(lambda: all(health(port)[0] == 200 for port in ports), timeout=30)
+        for daemon in daemons:
+            assert daemon.stop() == 0
