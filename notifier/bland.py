@@ -22,11 +22,14 @@ import httpx
 import msgspec
 
 from notifier import __version__
-from notifier.model import Call, Snapshot
-from notifier.secret import Secret
+from notifier.model import IN_PROGRESS, Call, Snapshot
+from notifier.secret import Secret, redact
 
 T = TypeVar("T")
 USER_AGENT = f"bland-notifier/{__version__}"
+#: Request threads one client may have running at once (a poll, up to 8 detail lookups,
+#: and a few abandoned at their backstop).
+MAX_LIVE_REQUESTS = 16
 DETAIL_FIELDS = ("status", "completed", "call_length", "answered_by", "call_ended_by", "error_message")
 
 
@@ -90,11 +93,14 @@ class ActiveCallsDecoder:
             keys, found = [keys[index] for index in kept], [found[index] for index in kept]
         decoded = cast("list[Call]", found)  # no None left
         calls = {call.call_id: call for call in decoded}
+        duplicates = len(decoded) - len(calls)
+        if duplicates:
+            calls = _one_per_call_id(decoded)
         self._previous = dict(zip(keys, decoded, strict=True))
         if len(self._shared) > 4 * len(calls) + 1000:
             self._shared = {}  # bounded: values no call uses any more are let go
         skipped = len(raws) - len(calls)  # malformed entries and duplicate call_ids
-        return Snapshot(calls=calls, skipped=skipped)
+        return Snapshot(calls=calls, skipped=skipped, duplicates=duplicates)
 
     def _share(self, call: Call | None) -> Call | None:
         if call is None:
@@ -107,6 +113,22 @@ class ActiveCallsDecoder:
             objective=shared(call.objective, call.objective),
             pathway_id=shared(call.pathway_id, call.pathway_id),
         )
+
+
+def _one_per_call_id(decoded: list[Call]) -> dict[str, Call]:
+    """One entry per call_id, the same whatever order the answer lists them in: the
+    furthest along (IN_PROGRESS before QUEUED), then the greatest by content. "Last
+    wins" would flap between two entries from poll to poll and announce each flap."""
+    calls: dict[str, Call] = {}
+    for call in decoded:
+        kept = calls.get(call.call_id)
+        if kept is None or _precedence(call) > _precedence(kept):
+            calls[call.call_id] = call
+    return calls
+
+
+def _precedence(call: Call) -> tuple[bool, bytes]:
+    return call.status == IN_PROGRESS, msgspec.json.encode(call)
 
 
 def decode_active_calls(body: bytes) -> Snapshot:
@@ -125,7 +147,7 @@ def _decode_entry(raw: msgspec.Raw) -> Call | None:
         if not isinstance(entry.get("call_id"), str):
             return None
         call = msgspec.convert(fields, Call)
-    return call if call.call_id else None
+    return call if call.call_id and call.status else None  # both are needed to follow a call
 
 
 _WIRE_NAMES = (
@@ -184,7 +206,9 @@ class BlandClient:
     details budget) is interrupted by shutting its socket down.
     """
 
-    def __init__(self, base_url: str, api_key: Secret, org_id: Secret, timeout: float) -> None:
+    def __init__(
+        self, base_url: str, api_key: Secret, org_id: Secret, timeout: float, max_bytes: int = 256 * 2**20
+    ) -> None:
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={
@@ -197,6 +221,10 @@ class BlandClient:
             follow_redirects=False,
         )
         self._timeout = timeout
+        self._secrets = [api_key.reveal(), org_id.reveal()]
+        self._max_bytes = max_bytes
+        self._live = 0  # request threads still running, abandoned ones included
+        self._live_lock = threading.Lock()
         self._decoder = ActiveCallsDecoder()
         self._decoding = threading.Lock()  # a cancelled fetch's thread may still be decoding
 
@@ -229,7 +257,15 @@ class BlandClient:
             with self._decoding:
                 return self._decoder.decode(body)
         except PollError as exc:
-            return exc
+            return self._scrubbed(exc)
+
+    def _scrubbed(self, error: PollError) -> PollError:
+        """The error with our key and org id masked: an upstream may echo them in its
+        answer, and the reason is stored, shown in /healthz and sent in events."""
+        reason = redact(error.reason, self._secrets)
+        if reason == error.reason:
+            return error
+        return PollError(reason, retry_after=error.retry_after, auth=error.auth)
 
     async def fetch_details(self, call_id: str) -> dict[str, Any]:
         """``GET /v1/calls/{id}``, reduced to the scalar outcome fields SPEC names."""
@@ -267,14 +303,30 @@ class BlandClient:
         def run() -> None:
             try:
                 outcome.append((True, work(request)))
+            except PollError as exc:
+                outcome.append((False, self._scrubbed(exc)))
             except BaseException as exc:  # handed to the awaiting task, which raises it
                 outcome.append((False, exc))
+            finally:
+                with self._live_lock:
+                    self._live -= 1
             try:
                 anyio.from_thread.run_sync(done.set, token=token)
             except RuntimeError:
                 pass  # the event loop is gone: the daemon stopped and nobody waits
 
-        threading.Thread(target=run, name="bland-request", daemon=True).start()
+        with self._live_lock:
+            if self._live >= MAX_LIVE_REQUESTS:
+                # Abandoned requests that still hang (an upstream trickling its headers
+                # forever) each hold a thread and a socket: no more than this many.
+                raise PollError(f"{what}: {self._live} earlier requests still hang; not starting another")
+            self._live += 1
+        try:
+            threading.Thread(target=run, name="bland-request", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (a cgroup's task limit): a failed poll
+            with self._live_lock:
+                self._live -= 1
+            raise PollError(f"{what}: cannot start a request thread ({exc})") from None
         backstop = request_backstop(self._timeout)
         try:
             with anyio.move_on_after(backstop):
@@ -299,7 +351,7 @@ class BlandClient:
             with self._client.stream("GET", path) as response:
                 request.attach(response.extensions.get("network_stream"))
                 try:
-                    return _read(path, response)
+                    return _read(path, response, self._max_bytes)
                 finally:
                     request.detach()  # before the connection goes back to the pool
         except httpx.TimeoutException:
@@ -315,14 +367,23 @@ def request_backstop(timeout: float) -> float:
     return 2 * timeout + 1.0
 
 
-def _read(path: str, response: httpx.Response) -> bytearray:
+def _read(path: str, response: httpx.Response, max_bytes: int) -> bytearray:
     """The body is read from the stream into one buffer, so no response object (and its
-    reference cycles) keeps a large body alive after the poll."""
+    reference cycles) keeps a large body alive after the poll. More than ``max_bytes``
+    is a failed poll, found from ``Content-Length`` before reading where it is sent."""
     status = response.status_code
     if 200 <= status < 300:
+        too_large = PollError(
+            f"GET {path}: the answer is larger than {max_bytes // 2**20} MB (source.max_answer_mb); not read"
+        )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_large
         body = bytearray()  # grows in place: no list of chunks plus a joined copy
         for chunk in response.iter_bytes():
             body += chunk
+            if len(body) > max_bytes:
+                raise too_large
         return body
     if status in (401, 403):
         raise PollError(

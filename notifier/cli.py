@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,13 @@ from notifier.store import Store, StoreError
 
 Handler = Callable[[argparse.Namespace], int]
 EX_TEMPFAIL = 75
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """Text from Bland (or a receiver) as a terminal shows it safely: control characters
+    escaped, so that ``\x1b]0;...\x07`` is read, not obeyed."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,7 +202,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     for event in found:
         call = event.data.get("call") or {}
         detail = f"{call.get('to', '')} {call.get('status', '')}".strip() if call else ""
-        print(f"{iso(event.detected_at)}  {event.id}  {event.type:<20} {event.call_id or '-'}  {detail}")
+        print(printable(f"{iso(event.detected_at)}  {event.id}  {event.type:<20} {event.call_id or '-'}  {detail}"))
     return 0
 
 
@@ -257,7 +265,11 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         digest = f" (+{d.event_count - 1} more)" if d.event_count > 1 else ""
         when = f" next {iso(d.next_attempt_at)}" if d.status == "pending" and d.attempts else ""
         error = f"  last error: {d.last_error}" if d.last_error else ""
-        print(f"{d.id:>6}  {d.status:<7} {d.target:<12} {d.event_id}{digest}  attempts={d.attempts}{when}{error}")
+        print(
+            printable(
+                f"{d.id:>6}  {d.status:<7} {d.target:<12} {d.event_id}{digest}  attempts={d.attempts}{when}{error}"
+            )
+        )
     return 0
 
 
@@ -321,7 +333,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 health = f"failing ({row.state.failures} polls: {row.state.last_error})"
             last = iso(row.state.last_success) or "never"
             calls = ", ".join(f"{count} {status}" for status, count in sorted(row.calls.items())) or "no active calls"
-            print(f"source {row.name}: {health}; last successful poll {last}; {calls}")
+            print(printable(f"source {row.name}: {health}; last successful poll {last}; {calls}"))
         if not sources:
             print("sources: none polled yet")
         age = f" (oldest {format_duration(now - oldest)})" if oldest is not None else ""
@@ -341,7 +353,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if outcome.ok:
         print(f"sent a test notification to {args.target}")
         return 0
-    print(f"notifier: test notification to {args.target} failed: {outcome.error}", file=sys.stderr)
+    print(printable(f"notifier: test notification to {args.target} failed: {outcome.error}"), file=sys.stderr)
     return 1
 
 

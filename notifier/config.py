@@ -49,6 +49,7 @@ class SourceConfig(_Schema, frozen=True):
     timeout: Duration = Duration(10)
     unreachable_after: Duration = Duration(60)
     fetch_details: bool = False
+    max_answer_mb: int = 256  # a larger answer is a failed poll (100k calls are ~60 MB)
     name: str = "default"  # required in [[sources]]
 
 
@@ -387,6 +388,8 @@ def _sources(schema: _File, fail: Any) -> dict[str, SourceConfig]:
         for name in ("poll_interval", "timeout", "unreachable_after"):
             if getattr(source, name) <= 0:
                 raise fail(f"{key}.{name}", "must be more than 0s")
+        if source.max_answer_mb < 1:
+            raise fail(f"{key}.max_answer_mb", "must be 1 or more")
         found[source.name] = source
     return found
 

@@ -37,7 +37,7 @@ from notifier.metrics import Metrics
 from notifier.outbox import Dispatcher
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
-from notifier.store import BUSY_TIMEOUT, Store
+from notifier.store import BUSY_TIMEOUT, Store, StoreError
 
 T = TypeVar("T")
 DRAIN_TIMEOUT = 10.0
@@ -177,6 +177,19 @@ class Daemon:
             if self.config.http is not None:
                 self.listener = Listener(self.config.http.listen, self.metrics, self.standing, self.clock)
                 self.listener.start()
+            await self._run_tasks(stop_requested)
+        finally:
+            if self.listener is not None:
+                self.listener.stop()
+            self.store.close()
+            self.notify.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        log.info("stopped")
+        return 0
+
+    async def _run_tasks(self, stop_requested: Callable[[], bool]) -> None:
+        try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
                 await anyio.sleep(0)  # let the signal receiver take over from early_signals
@@ -198,22 +211,15 @@ class Daemon:
                     )
                     await self._leadership()
                 tg.cancel_scope.cancel()
-        finally:
-            if self.listener is not None:
-                self.listener.stop()
-            self.store.close()
-            self.notify.close()
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-        log.info("stopped")
-        return 0
+        except* StoreError as failed:  # a damaged database: said once, plainly (no traceback)
+            raise failed.exceptions[0] from None
 
     async def _upgrade(self) -> bool:
         """Migrate the store, riding out its outages (False: stopped before it worked)."""
         delay = STORE_RETRY
         while not self._stop.is_set():
             try:
-                await anyio.to_thread.run_sync(self.store.upgrade)
+                await anyio.to_thread.run_sync(self.store.upgrade)  # StoreError: damaged, not retried
             except SQLAlchemyError as exc:
                 self._store_failed(exc)
                 with anyio.move_on_after(delay):
@@ -284,6 +290,7 @@ class Daemon:
                 for name in self.config.sources:
                     await self._start_loop(name)  # loads every source's state before polling any
                 tg.start_soon(self._announce_ready)
+                await self.dispatcher.retire_removed_targets()
                 tg.start_soon(self.dispatcher.run)
                 tg.start_soon(self._prune_loop)
                 tg.start_soon(self._checkpoint_loop)
@@ -410,6 +417,10 @@ class Daemon:
                 cycle = await poller.poll()
         finally:
             loop.busy_since = None
+        if cycle.store_error is not None:
+            self._store_failed(RuntimeError(cycle.store_error))
+        elif cycle.committed:
+            self._store_ok()
         if self.dispatcher is not None:
             self.dispatcher.wake(cycle.targets)
         self.metrics.observe_poll(poller.name, cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
@@ -495,6 +506,8 @@ class Daemon:
                         self._store_failed(exc)
         if self.dispatcher is not None:
             self.dispatcher.update(new)
+            if set(new.targets) != set(old.targets):
+                await self.dispatcher.retire_removed_targets()
         if new.http != old.http:
             log.warning("[http] changes take effect at the next restart")
         log.info("reloaded", extra=kv(sources=len(new.sources), rules=len(new.rules), targets=len(new.targets)))
@@ -526,7 +539,8 @@ class Daemon:
             label = "" if len(self._loops) == 1 else f"{name}: "
             parts.append(f"{label}{len(loop.poller.state.calls)} active calls, {health}")
         queue = f"{depth} deliveries queued" + (f" (oldest {format_duration(oldest)})" if depth else "")
-        return f"leader; {'; '.join(parts)}; last poll {when}; {queue}"
+        store = f"; store unavailable: {self._store_error}" if self._store_error else ""
+        return f"leader; {'; '.join(parts)}; last poll {when}; {queue}{store}"
 
 
 def _stall_limit(source: SourceConfig) -> float:
@@ -534,7 +548,9 @@ def _stall_limit(source: SourceConfig) -> float:
 
 
 def _client(source: SourceConfig) -> BlandClient:
-    return BlandClient(source.base_url, source.api_key, source.org_id, float(source.timeout))
+    return BlandClient(
+        source.base_url, source.api_key, source.org_id, float(source.timeout), source.max_answer_mb * 2**20
+    )
 
 
 @contextmanager

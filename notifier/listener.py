@@ -122,6 +122,9 @@ class Listener:
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+            return [b"only GET and HEAD\n"]
         if path == "/metrics":
             return self._metrics_app(environ, start_response)
         if path == "/healthz":

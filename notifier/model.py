@@ -55,7 +55,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     """The decoded answer of one successful poll."""
 
     calls: dict[str, Call]
-    skipped: int = 0  # malformed entries left out (counted, never fatal)
+    skipped: int = 0  # entries left out: malformed ones and duplicate call_ids (counted, never fatal)
+    duplicates: int = 0  # of which: a call_id listed more than once (one entry is kept)
 
 
 class PollFailure(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ least once: a crash between sending and recording resends, with the same event i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -25,12 +26,15 @@ from notifier.config import Config, Target
 from notifier.durations import format_duration
 from notifier.logs import kv, log
 from notifier.model import Event
+from notifier.secret import redact
 from notifier.store import AttemptRecord, Delivery, Fence, Store
 
 #: A worker with nothing due re-checks the store this often (rows re-queued by
 #: ``notifier redeliver`` in another process are picked up within this time).
 IDLE_CHECK = 5.0
 BATCH = 50
+#: First wait before retrying an attempt's record that the store refused (doubling, up to 10 s).
+RECORD_RETRY = 0.5
 
 
 def backoff(attempt: int, initial: float, maximum: float, jitter: float = 0.0) -> float:
@@ -51,9 +55,11 @@ def next_step(delivery: Delivery, target: Target, outcome: Outcome, at: float, j
         error = f"{outcome.error}; gave up after {format_duration(at - first)}"
         return AttemptRecord(at, "dead", outcome.status_code, error, 0.0)
     delay = backoff(delivery.attempts + 1, target.retry_initial, target.retry_max, jitter)
-    if outcome.retry_after is not None:
-        delay = max(delay, outcome.retry_after)
-    return AttemptRecord(at, "failed", outcome.status_code, outcome.error, 0.0, at + delay)
+    if outcome.retry_after is not None:  # honoured, up to retry_max (a receiver may ask for years)
+        delay = max(delay, min(outcome.retry_after, target.retry_max))
+    # The last try is made when the give-up window closes, not a backoff after it.
+    retry_at = min(at + delay, max(first + target.give_up_after, at))
+    return AttemptRecord(at, "failed", outcome.status_code, outcome.error, 0.0, retry_at)
 
 
 @dataclass
@@ -95,6 +101,17 @@ class Dispatcher:
             self._tg = tg
             self.update(self.config)
             await anyio.sleep_forever()
+
+    async def retire_removed_targets(self) -> None:
+        """Deliveries queued for a target that is no longer configured would wait forever
+        (and count in the queue metrics): they are dead, with the reason."""
+        try:
+            retired = await anyio.to_thread.run_sync(self.store.retire_targets, list(self.config.targets), self.clock())
+        except SQLAlchemyError as exc:
+            log.error("could not retire deliveries of removed targets", extra=kv(error=str(exc)))
+            return
+        if retired:
+            log.warning("deliveries to removed targets are dead (redeliver re-queues them)", extra=kv(count=retired))
 
     def update(self, config: Config) -> None:
         """Apply a (re)loaded config: start, restart or stop workers as targets changed."""
@@ -209,10 +226,11 @@ class Dispatcher:
                     log.exception("channel failed unexpectedly", extra=kv(target=target.name))
                     outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
             latency = time.perf_counter() - started
+            if outcome.error:  # a receiver may echo the URL's token or the secret: never store them
+                outcome = dataclasses.replace(outcome, error=redact(outcome.error, target.secrets()))
             step = next_step(delivery, target, outcome, at, random.uniform(-1, 1))
             record = AttemptRecord(step.at, step.outcome, step.status_code, step.error, latency, step.next_attempt_at)
-            with anyio.CancelScope(shield=True):  # the send happened: always record it
-                await anyio.to_thread.run_sync(self.store.record_attempt, delivery, record)
+            await self._record(target, delivery, record)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -221,6 +239,26 @@ class Dispatcher:
         if self.on_attempt is not None:
             self.on_attempt(delivery, record)
         return record.outcome
+
+    async def _record(self, target: Target, delivery: Delivery, record: AttemptRecord) -> None:
+        """The send happened: retry its record until the store takes it, rather than let
+        the row look unsent and be sent again. (A stop, or the end of the term, gives up:
+        then the next leader resends it, with the same webhook-id.)"""
+        delay = RECORD_RETRY
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.store.record_attempt, delivery, record)
+                return
+            except SQLAlchemyError as exc:
+                log.error(
+                    "could not record a delivery attempt; retrying the record, not the send",
+                    extra=kv(target=target.name, delivery=delivery.id, error=str(getattr(exc, "orig", None) or exc)),
+                )
+                if self._stopping:
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _log(self, target: Target, delivery: Delivery, record: AttemptRecord) -> None:
         context = kv(

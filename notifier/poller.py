@@ -27,8 +27,9 @@ from notifier.model import Event, PollFailure, Snapshot
 from notifier.route import plan_deliveries
 from notifier.store import Fence, PollRecord, StaleState, Store
 
-#: Upper bound on the backoff between failed polls (SPEC: min(60 s, unreachable_after)).
-MAX_BACKOFF = 60.0
+#: Upper bound on the backoff between failed polls (SPEC: the smaller of 15 s and
+#: unreachable_after / 4, never below the poll interval): recovery is seen within ~15 s.
+MAX_BACKOFF = 15.0
 #: How long a poll may wait for call details before committing with ``outcome: null``.
 DETAILS_BUDGET = 5.0
 DETAILS_CONCURRENCY = 8
@@ -40,19 +41,24 @@ def next_delay(
     unreachable_after: float,
     retry_after: float | None = None,
     jitter: float = 0.0,
+    until_unreachable: float | None = None,
 ) -> float:
     """Seconds until the next poll: the interval, or after failures a doubling backoff.
 
     ``jitter`` in [-1, 1] spreads retries by up to 10 % so that many daemons recovering
-    from one outage do not poll in lockstep.
+    from one outage do not poll in lockstep. ``until_unreachable``: seconds until the
+    outage reaches ``unreachable_after``; a poll is made then, so that
+    ``source.unreachable`` is on time rather than a backoff late.
     """
     if failures <= 0:
         return interval
-    cap = max(interval, min(MAX_BACKOFF, unreachable_after))
+    cap = max(interval, min(MAX_BACKOFF, unreachable_after / 4))
     delay = min(interval * 2 ** min(failures, 30), cap)
     delay *= 1 + 0.1 * jitter
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
+    if until_unreachable is not None and 0 < until_unreachable < delay:
+        delay = until_unreachable
     return delay
 
 
@@ -68,6 +74,8 @@ class Cycle:
     duration: float
     at: float
     error: PollError | None = None
+    store_error: str | None = None  # the poll could not be recorded (or the state reloaded)
+    committed: bool = False
 
     @cached_property
     def counts(self) -> Counter[str]:
@@ -98,6 +106,7 @@ class Poller:
         self.last_error: PollError | None = None
         self._stale = False  # the last commit failed: memory may not match the store
         self.committing = False  # a stop lets the commit finish; a lost lease abandons it
+        self._store_failures = 0  # consecutive polls the store could not take: they back off too
 
     @property
     def source(self) -> SourceConfig:
@@ -105,16 +114,23 @@ class Poller:
 
     @property
     def failures(self) -> int:
-        return self.state.source.failures
+        """Consecutive failed polls: of the source, or of the store that records them."""
+        return max(self.state.source.failures, self._store_failures)
 
     def delay(self) -> float:
         retry_after = self.last_error.retry_after if self.last_error else None
+        unreachable_after = float(self.source.unreachable_after)
+        src = self.state.source
+        until = None
+        if src.failing_since is not None and not src.unreachable:
+            until = src.failing_since + unreachable_after - self.clock()
         return next_delay(
             float(self.source.poll_interval),
             self.failures,
-            float(self.source.unreachable_after),
+            unreachable_after,
             retry_after,
             random.uniform(-1, 1),
+            until,
         )
 
     async def poll(self) -> Cycle:
@@ -123,8 +139,8 @@ class Poller:
         settings = config.detect_for(self.name)
         started = time.perf_counter()
         fence = self.fence() if self.fence is not None else None
-        if self._stale and not await self._reload():
-            return self._failed(started, self.clock(), PollError("the store is unavailable"))
+        if self._stale and (reason := await self._reload()) is not None:
+            return self._failed(started, self.clock(), PollError("the store is unavailable"), reason)
         state = self.state
 
         def observe(answer: Snapshot | PollError) -> tuple[float, Transition]:
@@ -168,11 +184,12 @@ class Poller:
                 "could not record the poll; its changes are picked up by the next one",
                 extra=kv(source=self.name, error=_reason(exc)),
             )
-            return self._failed(started, now, PollError("could not record the poll"))
+            return self._failed(started, now, PollError("could not record the poll"), _reason(exc))
         finally:
             self.committing = False
         self.state = transition.state
         self.last_error = error
+        self._store_failures = 0
         cycle = Cycle(
             ok=error is None,
             events=events,
@@ -182,22 +199,24 @@ class Poller:
             duration=duration,
             at=now,
             error=error,
+            committed=True,
         )
         self._log(cycle, snapshot)
         return cycle
 
-    async def _reload(self) -> bool:
-        """Replace the state in memory by the committed one; False if the store cannot say."""
+    async def _reload(self) -> str | None:
+        """Replace the state in memory by the committed one; the store's error if it cannot."""
         try:
             self.state = await anyio.to_thread.run_sync(self.store.load_state, self.name)
         except SQLAlchemyError as exc:
             log.error("cannot reload the state from the store", extra=kv(source=self.name, error=_reason(exc)))
-            return False
+            return _reason(exc)
         self._stale = False
         log.info("reloaded the state from the store", extra=kv(source=self.name, calls=len(self.state.calls)))
-        return True
+        return None
 
-    def _failed(self, started: float, now: float, error: PollError) -> Cycle:
+    def _failed(self, started: float, now: float, error: PollError, store_error: str) -> Cycle:
+        self._store_failures += 1
         return Cycle(
             ok=False,
             events=[],
@@ -207,6 +226,7 @@ class Poller:
             duration=time.perf_counter() - started,
             at=now,
             error=error,
+            store_error=store_error,
         )
 
     async def _enrich(self, events: list[Event], timeout: float) -> list[Event]:
@@ -241,7 +261,14 @@ class Poller:
             level = log.error if error.auth else log.warning
             level("poll failed", extra=kv(source=self.name, reason=error.reason, failures=self.failures))
         elif snapshot is not None and snapshot.skipped:
-            log.warning("skipped malformed entries", extra=kv(source=self.name, skipped=snapshot.skipped))
+            log.warning(
+                "skipped entries of the answer",
+                extra=kv(
+                    source=self.name,
+                    malformed=snapshot.skipped - snapshot.duplicates,
+                    duplicate_call_ids=snapshot.duplicates or None,
+                ),
+            )
         if cycle.events:
             # One line a poll: at 10k calls and 1 % churn a line per event would be 300
             # lines (and ~5 ms of formatting) every poll. Each event is at debug level.

@@ -79,8 +79,13 @@ def test_sigkill_mid_poll_loses_and_repeats_nothing(tmp_path: Path, sim: BlandSi
             live[cid] = rng.choice(["QUEUED", "IN_PROGRESS"])
             ever.add(cid)
         sim.set_calls([wire_call(cid, status) for cid, status in live.items()])
+        committed = len(poll_times(tmp_path))
         daemon = DaemonProcess(tmp_path, env)
-        time.sleep(rng.uniform(0.8, 2.0))
+        # What the system promises is about what a committed poll saw: a call that came
+        # and went while no poll committed can never be observed. So each round lets
+        # one poll of this upstream commit, then kills at a random moment, often mid-poll.
+        wait_for(lambda: len(poll_times(tmp_path)) > committed)  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.4))
         daemon.kill()
     daemon = DaemonProcess(tmp_path, env)  # a last run that sees the final upstream
     wait_for(lambda: "started" in daemon.log)

@@ -18,13 +18,18 @@ from tests.conftest import write_config
 
 
 def test_backoff_doubles_to_the_cap_and_honours_retry_after() -> None:
-    delays = [next_delay(5, n, 3600) for n in range(0, 7)]
-    assert delays == [5, 10, 20, 40, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF]
-    assert next_delay(5, 5, 30) == 30  # capped by unreachable_after when that is smaller
+    assert MAX_BACKOFF == 15
+    delays = [next_delay(1, n, 3600) for n in range(0, 7)]
+    assert delays == [1, 2, 4, 8, 15, 15, 15]  # recovery is seen within 15 s
+    assert next_delay(1, 5, 20) == 5  # capped at unreachable_after / 4 when that is smaller
+    assert next_delay(30, 5, 60) == 30  # never below the interval
     assert next_delay(0.25, 2, 60) == 1.0
-    assert 9 <= next_delay(5, 1, 60, jitter=-1) < next_delay(5, 1, 60, jitter=1) <= 11
-    assert next_delay(5, 1, 60, retry_after=45) == 45
-    assert next_delay(5, 1, 60, retry_after=3600) == 60  # never blind for longer than the cap
+    assert 1.8 <= next_delay(1, 1, 60, jitter=-1) < next_delay(1, 1, 60, jitter=1) <= 2.2
+    assert next_delay(1, 1, 60, retry_after=12) == 12
+    assert next_delay(1, 1, 60, retry_after=3600) == 15  # never blind for longer than the cap
+    # A poll is made when the outage reaches unreachable_after: source.unreachable is on time.
+    assert next_delay(1, 5, 3600, until_unreachable=3.5) == 3.5
+    assert next_delay(1, 5, 3600, until_unreachable=-1) == 15  # already past: the backoff
 
 
 def make(tmp_path: Path, sim: BlandSimulator, extra: str = "") -> tuple[Config, Store]:

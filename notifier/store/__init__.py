@@ -143,6 +143,10 @@ class Store:
             if not create and not self.path.exists():
                 raise StoreError(f"no database at {self.path}")
             try:
+                sqlite.check_header(self.path)
+            except sqlite.PathError as exc:
+                raise StoreError(str(exc)) from None
+            try:
                 sqlite.create_private(self.path)
             except OSError as exc:
                 raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
@@ -184,10 +188,19 @@ class Store:
 
     def upgrade(self) -> None:
         """Apply the Alembic migrations shipped inside the package (once, however many
-        daemons start together: see ``migrations/env.py``)."""
+        daemons start together: see ``migrations/env.py``). A damaged file is a
+        StoreError (waiting will not cure it); other database errors are raised as they are."""
         from notifier.migrate import upgrade
 
-        upgrade(self.engine)
+        try:
+            upgrade(self.engine)
+        except SQLAlchemyError as exc:
+            if self.dialect == "sqlite" and sqlite.is_damaged(exc):
+                raise StoreError(
+                    f"the database {self.path} is damaged ({_reason(exc)}); it was left as it is: restore it from a "
+                    "backup or move it aside"
+                ) from None
+            raise
 
     def require_schema(self) -> None:
         """For read commands: the database must be at this version's schema."""
@@ -484,12 +497,24 @@ class Store:
             result = conn.execute(
                 query.values(
                     status="pending",
+                    attempts=0,  # a fresh start: backoff and give-up count from the redelivery
                     next_attempt_at=now,
                     first_attempt_at=None,
                     finished_at=None,
                 )
             )
         return result.rowcount
+
+    def retire_targets(self, configured: Sequence[str], now: float) -> int:
+        """Pending deliveries of targets no longer in the config are dead (redeliverable
+        once the target is back); returns how many."""
+        query = update(deliveries).where(deliveries.c.status == "pending")
+        if configured:
+            query = query.where(deliveries.c.target.not_in(list(configured)))
+        with self.transaction() as conn:
+            return conn.execute(
+                query.values(status="dead", finished_at=now, last_error="the target is no longer in the configuration")
+            ).rowcount
 
     def queue_stats(self) -> tuple[int, float | None]:
         """(pending deliveries, created_at of the oldest one)."""
@@ -500,8 +525,8 @@ class Store:
         return int(depth), oldest
 
     def prune(self, before: float, batch: int = 500) -> int:
-        """Delete one small batch of finished deliveries and of events older than ``before``
-        (never an event a pending delivery still needs). Returns rows deleted; call again
+        """Delete one small batch of deliveries finished before ``before`` and of events
+        older than that which no delivery refers to any more. Returns rows deleted; call again
         until it returns 0, so that no single transaction holds the lock for long."""
         finished = (
             select(deliveries.c.id)
@@ -511,18 +536,13 @@ class Store:
             )
             .limit(batch)
         )
-        pending_single = select(deliveries.c.id).where(
-            deliveries.c.status == "pending", deliveries.c.event_id == events.c.id
-        )
-        pending_digest = (
-            select(delivery_events.c.event_id)
-            .join(deliveries, deliveries.c.id == delivery_events.c.delivery_id)
-            .where(deliveries.c.status == "pending", delivery_events.c.event_id == events.c.id)
-        )
+        # An event stays while any delivery of it does: a pending one needs it to be
+        # sent, a dead one to be redelivered (it goes once it has been dead for
+        # ``retention``, however old the event).
+        single = select(deliveries.c.id).where(deliveries.c.event_id == events.c.id)
+        digest = select(delivery_events.c.event_id).where(delivery_events.c.event_id == events.c.id)
         old_events = (
-            select(events.c.seq)
-            .where(events.c.detected_at < before, ~pending_single.exists(), ~pending_digest.exists())
-            .limit(batch)
+            select(events.c.seq).where(events.c.detected_at < before, ~single.exists(), ~digest.exists()).limit(batch)
         )
         with self.transaction(durable=False) as conn:
             removed = conn.execute(delete(deliveries).where(deliveries.c.id.in_(finished))).rowcount

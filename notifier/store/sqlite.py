@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,32 @@ def database_path(url: str, env: dict[str, str] | None = None) -> Path:
         state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
         path = Path(state_dir or os.getcwd()) / path
     return path
+
+
+_HEADER = b"SQLite format 3\x00"
+
+
+def check_header(path: Path) -> None:
+    """Refuse a file that is not a SQLite database before SQLite touches it (it would
+    fail later, deep in a migration; an empty file is a new database)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise PathError(f"cannot read the database {path}: {exc.strerror}") from None
+    if head and head != _HEADER:
+        raise PathError(
+            f"{path} is not a SQLite database (it was left as it is); restore it or point storage.url elsewhere"
+        )
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """A database error that is the file's fault (not a lock, not a full disk): waiting
+    will not cure it."""
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, sqlite3.DatabaseError) and not isinstance(orig, sqlite3.OperationalError)
 
 
 def create_private(path: Path) -> None:
