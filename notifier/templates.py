@@ -150,13 +150,34 @@ def template_context(event: Event) -> dict[str, Any]:
     return context
 
 
+#: What a template can raise on data it was not written for (a null where it expected a number).
+RENDER_ERRORS = (TemplateError, TypeError, ValueError, ArithmeticError)
+
+
 def render(rule: Rule | None, event: Event, fmt: str = TEXT) -> tuple[str, str]:
-    """(title, body) for one event; the rule's templates where set, else the defaults."""
-    title_src = (rule.title if rule and rule.title else None) or DEFAULT_TITLES.get(event.type, "{{ event.type }}")
-    body_src = (rule.body if rule and rule.body else None) or DEFAULT_BODIES.get(event.type, "")
+    """(title, body) for one event; the rule's templates where set, else the defaults.
+
+    A rule template that fails on this event is not retried (the data will not change):
+    the default template is used instead, and the body says why, so the alert still
+    goes out and the template gets fixed.
+    """
+    default_title = DEFAULT_TITLES.get(event.type, "{{ event.type }}")
+    default_body = DEFAULT_BODIES.get(event.type, "")
     context = template_context(event)
-    title = _compile(title_src, fmt).render(context)
-    body = _compile(body_src, fmt).render(context)
+    title_src = (rule.title if rule and rule.title else None) or default_title
+    body_src = (rule.body if rule and rule.body else None) or default_body
+    try:
+        title = _compile(title_src, fmt).render(context)
+        body = _compile(body_src, fmt).render(context)
+    except RENDER_ERRORS as exc:
+        if title_src == default_title and body_src == default_body:
+            raise
+        title = _compile(default_title, fmt).render(context)
+        body = _compile(default_body, fmt).render(context)
+        escape = _ESCAPES[fmt]
+        name = escape(rule.name) if rule else ""
+        note = f"(the template of rule {name} failed on this event: {escape(f'{type(exc).__name__}: {exc}')}; "
+        body = f"{body.strip()}\n\n{note}this is the default template)"
     return " ".join(title.split()), body.strip()
 
 
@@ -223,11 +244,27 @@ _SAMPLE_DATA: dict[str, dict[str, Any]] = {
 }
 
 
-def sample_event(event_type: str) -> Event:
-    """A realistic event of each type, for ``check`` and ``test``."""
+#: The data fields each type may carry as null (not known): ``check`` renders with them null too.
+_NULLABLE: dict[str, tuple[str, ...]] = {
+    "call.started": ("queued_for_seconds",),
+    "call.disappeared": ("observed_seconds", "outcome"),
+    "source.recovered": ("downtime_seconds",),
+}
+#: ... and the call's fields that may be null.
+_NULLABLE_CALL = ("start_time", "international", "created_at")
+
+
+def sample_event(event_type: str, nulls: bool = False) -> Event:
+    """A realistic event of each type, for ``check`` and ``test``; with ``nulls``, every
+    field that can be null in a real event is."""
     data = dict(_SAMPLE_DATA[event_type])
     if event_type in CALL_EVENT_TYPES:
-        data = {"call": call_payload(_SAMPLE_CALL), **data}
+        payload = call_payload(_SAMPLE_CALL)
+        if nulls:
+            payload.update(dict.fromkeys(_NULLABLE_CALL))
+        data = {"call": payload, **data}
+    if nulls:
+        data.update(dict.fromkeys(_NULLABLE.get(event_type, ())))
     data["source"] = "default"
     return Event(
         id="evt_sample_0000000001",
@@ -248,9 +285,11 @@ def check_rule_templates(rule: Rule) -> None:
         except TemplateError as exc:
             raise TemplateProblem(key, f"template does not compile: {exc}") from None
         for event_type in rule.event_types:
-            try:
-                _compile(source, TEXT).render(template_context(sample_event(event_type)))
-            except UndefinedError as exc:
-                raise TemplateProblem(key, f"for {event_type}: {exc.message}") from None
-            except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
-                raise TemplateProblem(key, f"for {event_type}: {type(exc).__name__}: {exc}") from None
+            for nulls in (False, True):
+                when = f"for {event_type}" + (" with its unknown values null" if nulls else "")
+                try:
+                    _compile(source, TEXT).render(template_context(sample_event(event_type, nulls)))
+                except UndefinedError as exc:
+                    raise TemplateProblem(key, f"{when}: {exc.message}") from None
+                except RENDER_ERRORS as exc:
+                    raise TemplateProblem(key, f"{when}: {type(exc).__name__}: {exc}") from None

@@ -356,3 +356,40 @@ def test_full_disk_turns_health_503_and_the_daemon_rides_it_out(tmp_path: Path, 
         assert appeared == {"a", *(f"n{i}" for i in range(300))}
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# -- templates -----------------------------------------------------------------------------
+
+
+def test_check_renders_templates_with_unknown_values_null(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text(
+        '[source]\napi_key = "k"\norg_id = "o"\n[targets.t]\nurl = "https://example.invalid/h"\n'
+        '[[rules]]\nname = "started"\nevents = ["call.started"]\ntargets = ["t"]\n'
+        'body = "Queued for {{ event.queued_for_seconds | round | int }}s"\n'
+    )
+    from notifier.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert caught.value.key == "rules[0].body"
+    assert caught.value.reason.startswith("for call.started with its unknown values null: TypeError")
+    # The same template on a type whose value is never null passes.
+    path.write_text(path.read_text().replace("call.started", "call.stuck_queued"))
+    load_config(path, {})
+
+
+def test_a_template_that_fails_at_send_time_falls_back_to_the_default_once() -> None:
+    from notifier.route import compile_rule
+    from notifier.templates import render, sample_event
+
+    rule = compile_rule(
+        name="odd", events=["call.started"], match=[], targets=["t"], body="{{ event.queued_for_seconds + 1 }}"
+    )
+    title, body = render(rule, sample_event("call.started", nulls=True))
+    assert title == render(None, sample_event("call.started", nulls=True))[0]  # the default title
+    assert body.endswith(
+        "(the template of rule odd failed on this event: TypeError: unsupported operand type(s) for +: "
+        "'NoneType' and 'int'; this is the default template)"
+    )
+    assert render(rule, sample_event("call.started"))[1] == "43.0"  # where it works, it is used
