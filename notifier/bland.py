@@ -24,6 +24,7 @@ import msgspec
 from notifier import __version__
 from notifier.model import IN_PROGRESS, Call, Snapshot
 from notifier.secret import Secret, redact
+from notifier.threads import ThreadBudget, ThreadsExhausted
 
 T = TypeVar("T")
 USER_AGENT = f"bland-notifier/{__version__}"
@@ -223,8 +224,9 @@ class BlandClient:
         self._timeout = timeout
         self._secrets = [api_key.reveal(), org_id.reveal()]
         self._max_bytes = max_bytes
-        self._live = 0  # request threads still running, abandoned ones included
-        self._live_lock = threading.Lock()
+        # Abandoned requests that still hang (an upstream trickling its headers forever)
+        # each hold a thread and a socket: no more than this many at once.
+        self._threads = ThreadBudget(MAX_LIVE_REQUESTS, "bland-request")
         self._decoder = ActiveCallsDecoder()
         self._decoding = threading.Lock()  # a cancelled fetch's thread may still be decoding
 
@@ -296,54 +298,31 @@ class BlandClient:
         detect a complete answer) the thread is left to fail on its own.
         """
         request = _Request()
-        outcome: list[tuple[bool, Any]] = []
-        done = anyio.Event()
-        token = anyio.lowlevel.current_token()
 
-        def run() -> None:
+        def scrubbed() -> T:
             try:
-                outcome.append((True, work(request)))
+                return work(request)
             except PollError as exc:
-                outcome.append((False, self._scrubbed(exc)))
-            except BaseException as exc:  # handed to the awaiting task, which raises it
-                outcome.append((False, exc))
-            finally:
-                with self._live_lock:
-                    self._live -= 1
-            try:
-                anyio.from_thread.run_sync(done.set, token=token)
-            except RuntimeError:
-                pass  # the event loop is gone: the daemon stopped and nobody waits
+                raise self._scrubbed(exc) from None
 
-        with self._live_lock:
-            if self._live >= MAX_LIVE_REQUESTS:
-                # Abandoned requests that still hang (an upstream trickling its headers
-                # forever) each hold a thread and a socket: no more than this many.
-                raise PollError(f"{what}: {self._live} earlier requests still hang; not starting another")
-            self._live += 1
         try:
-            threading.Thread(target=run, name="bland-request", daemon=True).start()
-        except RuntimeError as exc:  # no thread to be had (a cgroup's task limit): a failed poll
-            with self._live_lock:
-                self._live -= 1
-            raise PollError(f"{what}: cannot start a request thread ({exc})") from None
+            pending = self._threads.start(scrubbed)
+        except ThreadsExhausted as exc:
+            raise PollError(f"{what}: {exc}") from None
         backstop = request_backstop(self._timeout)
         try:
             with anyio.move_on_after(backstop):
                 with anyio.move_on_after(self._timeout):
-                    await done.wait()
-                if not done.is_set():
+                    await pending.done.wait()
+                if not pending.finished:
                     request.expire()
-                    await done.wait()
+                    await pending.done.wait()
         except anyio.get_cancelled_exc_class():
             request.interrupt()  # the thread then fails fast instead of reading on
             raise
-        if not outcome:  # expired above already: the thread fails once it gets a socket
+        if not pending.finished:  # expired above already: the thread fails once it gets a socket
             raise PollError(f"{what}: timed out after {backstop:g}s (no answer)")
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        return cast("T", value)
+        return pending.result()
 
     def _get(self, path: str, request: _Request) -> bytearray:
         """The body of a 2xx answer; any other outcome is a ``PollError`` saying why."""

@@ -116,12 +116,12 @@ def test_an_answer_larger_than_the_cap_fails_the_poll_without_being_read(upstrea
 
 def test_hanging_requests_are_bounded_per_client(sim: BlandSimulator) -> None:
     client = BlandClient(sim.base_url, Secret(sim.api_key), Secret(sim.org_id), 5.0)
-    assert not isinstance(fetch(client), PollError) and client._live == 0  # a finished request frees its slot
+    assert not isinstance(fetch(client), PollError) and client._threads.live == 0  # a finished request frees its slot
     client = BlandClient(sim.base_url, Secret(sim.api_key), Secret(sim.org_id), 5.0)
-    client._live = MAX_LIVE_REQUESTS  # as if that many earlier requests still hung
+    client._threads._live = MAX_LIVE_REQUESTS  # as if that many earlier requests still hung
     threads = threading.active_count()
     answer = fetch(client)
-    assert isinstance(answer, PollError) and "16 earlier requests still hang; not starting another" in answer.reason
+    assert isinstance(answer, PollError) and "16 earlier calls still hang; not starting another" in answer.reason
     assert threading.active_count() == threads
 
 
@@ -393,3 +393,34 @@ def test_a_template_that_fails_at_send_time_falls_back_to_the_default_once() -> 
         "'NoneType' and 'int'; this is the default template)"
     )
     assert render(rule, sample_event("call.started"))[1] == "43.0"  # where it works, it is used
+
+
+# -- Apprise targets -----------------------------------------------------------------------
+
+
+def test_a_trickling_apprise_endpoint_is_cut_off_and_never_starves_another(tmp_path: Path, sim: BlandSimulator) -> None:
+    with Receiver() as slow, Receiver() as healthy:
+        slow.respond(trickle=120.0)  # headers, then a byte every 50 ms for two minutes
+
+        def apprise_url(rx: Receiver) -> str:
+            return rx.url.replace("http://", "json://")
+
+        write_config(
+            tmp_path,
+            sim,
+            "[detect]\nannounce_existing = true\n"
+            f'[targets.slow]\nurl = "{apprise_url(slow)}"\ntimeout = "1s"\nmin_interval = "0s"\n'
+            f'[targets.healthy]\nurl = "{apprise_url(healthy)}"\ntimeout = "1s"\nmin_interval = "0s"\n'
+            '[[rules]]\nname = "all"\nevents = ["call.appeared"]\ntargets = ["slow", "healthy"]\ndigest_after = 0\n',
+        )
+        sim.set_calls([wire_call(f"c{i}") for i in range(6)])
+        daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
+        wait_for(lambda: len(healthy.received) == 6, timeout=20)
+        wait_for(lambda: "no answer within 3s" in daemon.log, timeout=20)
+        started = time.monotonic()
+        assert daemon.stop() == 0
+        assert time.monotonic() - started < 15  # abandoned sends do not hold up the exit
+    store = Store(f"sqlite:///{tmp_path}/notifier.db", create=False)
+    slow_rows = [d for d in store.deliveries() if d.target == "slow"]
+    store.close()
+    assert slow_rows and all(d.status == "pending" and d.last_error for d in slow_rows if d.attempts)

@@ -20,6 +20,7 @@ from notifier.channels import Message, Outcome
 from notifier.config import Target
 from notifier.secret import MASK, redact
 from notifier.templates import HTML, MARKDOWN, SLACK, TEXT, render, render_digest
+from notifier.threads import ThreadBudget, ThreadsExhausted
 
 #: How each event type looks (Slack's colour bar, the console's colour).
 _NOTIFY_TYPES = {
@@ -29,15 +30,22 @@ _NOTIFY_TYPES = {
     "call.long_running": NotifyType.WARNING,
     "source.unreachable": NotifyType.FAILURE,
 }
-#: Worker threads Apprise sends may occupy at once, across all targets.
-_THREADS = anyio.CapacityLimiter(8)
+#: Sends of one target that may hang at once (the one in progress and abandoned ones).
+_THREADS_PER_TARGET = 3
 _TRUNCATED = "\n… (truncated)"
+
+
+def _asset() -> apprise.AppriseAsset:
+    """Apprise sends inline, in the thread that asks: its own shared pool and deadline
+    would put one target's stuck send beside every other target's, and make the process
+    wait for it at exit. The bounds are ours (``AppriseChannel``)."""
+    return apprise.AppriseAsset(async_mode=False, service_timeout=0)
 
 
 def _instantiate(url: str) -> apprise.plugins.NotifyBase | None:
     from notifier.channels import console  # noqa: F401  (registers console://)
 
-    return apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    return apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=True)
 
 
 def validate_url(url: str) -> str | None:
@@ -87,8 +95,14 @@ class AppriseChannel:
             instance.socket_read_timeout = target.timeout
         self.instance = instance
         self.escape, self.body_format = _format_for(instance)
-        self._apprise = apprise.Apprise()
+        self._apprise = apprise.Apprise(asset=instance.asset)
         self._apprise.add(instance)
+        # Each target its own threads: one endpoint that never answers cannot starve
+        # the others, and its abandoned sends are bounded.
+        self._threads = ThreadBudget(_THREADS_PER_TARGET, f"apprise-{target.name}")
+        # Apprise bounds each connect and each read; a reply that trickles in never
+        # trips either, so the whole send has a deadline too.
+        self.deadline = 2 * target.timeout + 1.0
         self.body_limit = max(1000, int(getattr(instance, "body_maxlen", 32768) or 32768))
 
     async def aclose(self) -> None:
@@ -107,7 +121,15 @@ class AppriseChannel:
         title, body = self.render(message)
         types = {_NOTIFY_TYPES.get(e.type, NotifyType.INFO) for e in message.events}
         kind = next(iter(types)) if len(types) == 1 else NotifyType.INFO
-        result = await anyio.to_thread.run_sync(self._notify, title, body, kind, limiter=_THREADS)
+        try:
+            pending = self._threads.start(lambda: self._notify(title, body, kind))
+        except ThreadsExhausted as exc:
+            return Outcome(ok=False, error=f"not sent: {exc}")
+        with anyio.move_on_after(self.deadline):
+            await pending.done.wait()
+        if not pending.finished:
+            return Outcome(ok=False, error=f"no answer within {self.deadline:g}s (abandoned; it may still arrive)")
+        result = pending.result()
         if result is None:
             return Outcome(ok=True)
         return Outcome(ok=False, error=result)
