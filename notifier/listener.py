@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -77,11 +76,50 @@ class ListenerError(Exception):
     """The listener cannot start (address in use, no permission); said plainly."""
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+#: Connections served at once; more are closed as they arrive. Scrapes and health
+#: checks are short: a handful of slots is plenty, and a flood cannot cost more threads.
+MAX_CONNECTIONS = 8
+#: A connection that sends nothing for this long is dropped (a half-sent request).
+IDLE_TIMEOUT = 5.0
+
+
+class _Server(WSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS: one per connection keeps a slow
+    client from delaying the others, the bound keeps a flood from exhausting the
+    process's tasks (the Bland client and every target need threads too)."""
+
+    request_queue_size = 32
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: the client retries, nothing piles up
+            return
+        try:
+            threading.Thread(target=self._serve, args=(request, client_address), daemon=True).start()
+        except RuntimeError:  # no thread to be had: drop this connection, not the process
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away or timed out is not worth a traceback on stderr
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 

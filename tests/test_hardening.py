@@ -424,3 +424,34 @@ def test_a_trickling_apprise_endpoint_is_cut_off_and_never_starves_another(tmp_p
     slow_rows = [d for d in store.deliveries() if d.target == "slow"]
     store.close()
     assert slow_rows and all(d.status == "pending" and d.last_error for d in slow_rows if d.attempts)
+
+
+def test_a_flood_of_idle_connections_costs_a_bounded_number_of_threads(tmp_path: Path, sim: BlandSimulator) -> None:
+    import socket
+
+    from notifier.listener import IDLE_TIMEOUT, MAX_CONNECTIONS
+    from tests.test_service import free_port, get
+
+    port = free_port()
+    write_config(tmp_path, sim, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    daemon = DaemonProcess(tmp_path, cli_env(sim, tmp_path))
+
+    def threads() -> int:
+        status = Path(f"/proc/{daemon.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200)
+    before, requests = threads(), len(sim.requests)
+    flood = []
+    for _ in range(200):  # each sends half a request line and then nothing
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /heal")
+        flood.append(sock)
+    time.sleep(1.0)
+    assert threads() <= before + MAX_CONNECTIONS
+    wait_for(lambda: len(sim.requests) > requests + 5)  # polling goes on meanwhile
+    time.sleep(IDLE_TIMEOUT + 1)  # the idle ones are dropped; the listener answers again
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=10)
+    for sock in flood:
+        sock.close()
+    assert daemon.stop() == 0 and "Traceback" not in daemon.log

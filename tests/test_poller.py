@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 from sqlalchemy import event
 
 from notifier.bland import BlandClient
@@ -116,3 +117,21 @@ def test_a_full_disk_loses_nothing(tmp_path: Path, sim: BlandSimulator) -> None:
     ids = [e.id for e in store.events()]
     assert len(ids) == 201 and len(set(ids)) == 201
     assert ids[1] == ids[0].rsplit("_", 1)[0] + "_0000000002"  # numbering resumed exactly where it was
+
+
+def test_an_outage_is_declared_on_time_and_recovery_is_seen_within_15s(tmp_path: Path, sim: BlandSimulator) -> None:
+    """SPEC: the wait doubles up to min(15 s, unreachable_after / 4), and a poll is made
+    when the outage reaches unreachable_after (not a backoff after it)."""
+    from notifier.detect import DetectState
+    from notifier.model import SourceState
+
+    path = write_config(tmp_path, sim)
+    path.write_text(path.read_text().replace('unreachable_after = "1s"', 'unreachable_after = "1m"'))
+    config = load_config(path, {"TEST_BLAND_KEY": sim.api_key})
+    now = 1_800_000_000.0
+    failing = SourceState(ever_succeeded=True, failing_since=now - 55, failures=9)
+    poller = Poller(config, None, None, DetectState("i", source=failing), clock=lambda: now)  # type: ignore[arg-type]
+    assert poller.delay() == pytest.approx(5.0)  # the outage reaches 1 min in 5 s: poll then
+    long_down = SourceState(ever_succeeded=True, failing_since=now - 600, failures=40, unreachable=True)
+    poller.state = DetectState("i", source=long_down)
+    assert 13.5 <= poller.delay() <= 15.0  # down for long: still polled every 15 s (+-10 %)
