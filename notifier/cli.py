@@ -11,16 +11,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import __version__
 from notifier.config import EX_CONFIG, Config, ConfigError, load_config, load_storage, resolve_path, storage_secrets
 from notifier.durations import format_duration, parse_duration
 from notifier.lease import LeaseHeld
 from notifier.listener import ListenerError
-from notifier.logs import LEVELS, log, register_secrets, setup_logging
+from notifier.logs import LEVELS, log, register_secrets, scrub, setup_logging
 from notifier.model import Event, iso
 from notifier.route import RuleError, expand_event_patterns
-from notifier.store import Store, StoreError
+from notifier.store import Store, StoreError, display_url, error_reason
 
 Handler = Callable[[argparse.Namespace], int]
 EX_TEMPFAIL = 75
@@ -116,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"notifier: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     except (StoreError, ListenerError) as exc:
-        print(f"notifier: {exc}", file=sys.stderr)
+        print(f"notifier: {scrub(str(exc))}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:  # a database that cannot be reached, a lock held too long
+        print(f"notifier: the store cannot be used: {scrub(error_reason(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -163,7 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{config.path}: valid")
     for source in config.sources.values():
         print(f"source {source.name}: {source.base_url} every {float(source.poll_interval):g}s")
-    print(f"storage: {_describe_storage(config.storage.url)} (lease {format_duration(float(config.storage.lease))})")
+    print(f"storage: {display_url(config.storage.url)} (lease {format_duration(float(config.storage.lease))})")
     print("targets:")
     for target in config.targets.values():
         print(f"  {target.name} ({target.kind}): {describe_target(target)}")
@@ -400,12 +404,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seed=args.seed, duration=duration)
 
 
-def _describe_storage(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     storage = load_storage(resolve_path(args.config))
     register_secrets(storage_secrets(storage))
@@ -418,21 +416,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_db_copy(args: argparse.Namespace) -> int:
     from notifier.config import StorageConfig, validate_storage
-    from notifier.store.transfer import copy_store
+    from notifier.store.transfer import copy_store, ensure_quiet
 
     storage = load_storage(resolve_path(args.config))
     destination = StorageConfig(url=args.to)
     validate_storage(destination, lambda key, reason: ConfigError("--to", None, reason))
     register_secrets(storage_secrets(storage) + storage_secrets(destination))
     source = Store(storage.url, create=False)
-    target = Store(destination.url)
     try:
         source.require_schema()
-        target.upgrade()
-        copied = copy_store(source, target)
+        ensure_quiet(source)  # before anything is created at the destination
+        target = Store(destination.url)
+        try:
+            target.upgrade()
+            copied = copy_store(source, target)
+        finally:
+            target.close()
     finally:
         source.close()
-        target.close()
     rows = ", ".join(f"{count} {table}" for table, count in copied.items() if count)
     print(f"copied {source.description} to {target.description}: {rows or 'nothing (the store was empty)'}")
     print("now point [storage] url at the new database and start the daemons")

@@ -210,10 +210,9 @@ def load_storage(path: Path, env: Mapping[str, str] = os.environ) -> StorageConf
 
 def storage_secrets(storage: StorageConfig) -> list[str]:
     """The database password, when the URL has one."""
-    from sqlalchemy.engine import make_url
+    from notifier.store import url_passwords
 
-    password = make_url(storage.url).password
-    return [str(password)] if password else []
+    return url_passwords(storage.url)
 
 
 def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:

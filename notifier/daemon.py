@@ -14,6 +14,7 @@ swap it in between polls, or keep the old one and say why.
 
 from __future__ import annotations
 
+import functools
 import gc
 import signal
 import time
@@ -30,14 +31,15 @@ from notifier.bland import BlandClient, request_backstop
 from notifier.config import Config, ConfigError, SourceConfig, load_config
 from notifier.detect import DetectState
 from notifier.durations import format_duration
-from notifier.lease import Lease, LeaseHeld, LeaseLost, read_leader
+from notifier.lease import STORE_TROUBLE, Lease, LeaseHeld, LeaseLost, keep, read_leader
 from notifier.listener import Listener, Standing
 from notifier.logs import kv, log, register_secrets
 from notifier.metrics import Metrics
 from notifier.outbox import Dispatcher
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
-from notifier.store import BUSY_TIMEOUT, Store, StoreError
+from notifier.store import BUSY_TIMEOUT, Store, StoreError, error_reason
+from notifier.threads import ThreadBudget, call_within
 
 T = TypeVar("T")
 DRAIN_TIMEOUT = 10.0
@@ -49,15 +51,11 @@ CHECKPOINT_EVERY = 10.0
 #: A standby asks for the lease at least this often (SPEC: a clean stop is taken over
 #: within poll_interval + 1 s).
 STANDBY_CHECK = 1.0
-#: After a store error, retry the lease this soon (within what the lease has left).
+#: After a store error, migrating is tried again this soon (doubling, up to 30 s).
 STORE_RETRY = 1.0
 #: A store call of the leadership loop that has not answered in this long counts as a
 #: store outage (a partition: no error ever comes). Its thread is left to end on its own.
 STORE_TIMEOUT = 5.0
-
-
-class StoreTimeout(Exception):
-    """The store did not answer in time."""
 
 
 def tune_gc() -> None:
@@ -104,7 +102,10 @@ class Daemon:
         self._store_error: str | None = None
         self._leader_seen: str | None = None  # who leads, as last read by a standby
         self._deposed_term = 0  # the last term whose end was logged
-        self._store_busy = False  # a bounded store call is still running (perhaps abandoned)
+        # The leadership loop's store calls: one at a time, abandoned at their deadline;
+        # while one still hangs the next is not started (threads would pile up for as
+        # long as a partition lasts), and the store counts as unavailable.
+        self._store_calls = ThreadBudget(1, "store")
         self.metrics = Metrics(states=self._states, queue=self._queue_stats, clock=clock)
         for name in config.sources:
             self.metrics.add_source(name)
@@ -143,25 +144,11 @@ class Daemon:
         self._store_error = None
 
     async def _ask_store(self, fn: Callable[..., T], *args: object, timeout: float = STORE_TIMEOUT) -> T:
-        """Run a store call off the loop, bounded in time. One at a time: while an
-        abandoned call still hangs, the next is not started (threads would pile up for
-        as long as a partition lasts), and the store counts as unavailable."""
-        if self._store_busy:
-            raise StoreTimeout("the store has not answered the previous request yet")
-        self._store_busy = True
-
-        def call() -> T:
-            try:
-                return fn(*args)
-            finally:
-                self._store_busy = False
-
-        with anyio.move_on_after(timeout):
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-        raise StoreTimeout(f"no answer from the store within {format_duration(timeout)}")
+        """A store call off the loop, bounded in time (see ``_store_calls``)."""
+        return await call_within(self._store_calls, max(0.0, timeout), functools.partial(fn, *args))
 
     def _store_failed(self, exc: Exception) -> None:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        reason = error_reason(exc)
         if self._store_error is None:
             log.error("the store is unavailable", extra=kv(database=self.store.description, error=reason))
         self._store_error = reason
@@ -235,7 +222,7 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 won = await self._ask_store(self.lease.attempt)
-            except (SQLAlchemyError, StoreTimeout) as exc:
+            except STORE_TROUBLE as exc:
                 self._store_failed(exc)
                 won = False
             else:
@@ -257,7 +244,7 @@ class Daemon:
             return  # the attempt just failed: nothing to read
         try:
             info = await self._ask_store(read_leader, self.store, self.clock)
-        except (SQLAlchemyError, StoreTimeout) as exc:
+        except STORE_TROUBLE as exc:
             self._store_failed(exc)
             return
         leader = info.describe() if info is not None and info.held else None
@@ -303,13 +290,11 @@ class Daemon:
                     log.warning("stopped with deliveries in flight; they are resent at the next start")
                 tg.cancel_scope.cancel()
         except* LeaseLost as lost:
-            log.warning(
-                "no longer the leader; now a standby", extra=kv(term=term.number, reason=str(lost.exceptions[0]))
-            )
+            self._deposed(term.number, str(lost.exceptions[0]))
         except* SQLAlchemyError as failed:
-            # The term's state could not be loaded: let the lease lapse and try again.
+            # The term's state could not be loaded (or kept): let the lease lapse, try again.
             self._store_failed(failed.exceptions[0])  # type: ignore[arg-type]
-            log.warning("stepping down: cannot load the state from the store", extra=kv(term=term.number))
+            self._deposed(term.number, "a store error; stepping down")
         finally:
             self._term_tg = None
             clients = [loop.poller.client for loop in self._loops.values()]
@@ -351,25 +336,12 @@ class Daemon:
             self.notify.ready(self._status)
 
     async def _keep_lease(self) -> None:
-        """Renew well inside the lease; give up (LeaseLost) once it may have run out."""
-        every = self.lease.duration / 3
-        wait = every
-        while True:
-            await anyio.sleep(wait)
-            try:
-                renewed = await self._ask_store(self.lease.renew, timeout=max(0.0, self.lease.remaining()))
-            except (SQLAlchemyError, StoreTimeout) as exc:
-                self._store_failed(exc)
-                if not self.lease.held():
-                    reason = f"could not renew the lease: {self._store_error}"
-                    self._deposed(self.lease.term.number if self.lease.term else 0, reason)
-                    raise LeaseLost(reason) from None
-                wait = min(STORE_RETRY, self.lease.remaining())
-                continue
-            if not renewed:
-                raise LeaseLost("another daemon holds the lease")
-            self._store_ok()
-            wait = every
+        term = self.lease.term.number if self.lease.term else 0
+        try:
+            await keep(self.lease, self._ask_store, self._store_failed, self._store_ok)
+        except LeaseLost as lost:
+            self._deposed(term, str(lost))
+            raise
 
     async def _prune_loop(self) -> None:
         """Retention: drop old events and finished deliveries, a small batch at a time."""
@@ -580,16 +552,27 @@ async def _once(config: Config, env: Mapping[str, str]) -> int:
             info = await anyio.to_thread.run_sync(read_leader, store)
             leader = info.describe() if info is not None else "another daemon"
             raise LeaseHeld(f"{leader} leads (it holds the lease); once did nothing")
-        ok = True
+        calls = ThreadBudget(1, "store")
+
+        async def ask(fn: Callable[..., T], *args: object, timeout: float = STORE_TIMEOUT) -> T:
+            return await call_within(calls, max(0.0, timeout), functools.partial(fn, *args))
+
         try:
-            for name in config.sources:
-                state = await anyio.to_thread.run_sync(store.load_state, name)
-                async with _client(config.sources[name]) as client:
-                    cycle = await Poller(config, store, client, state, fence=lease.check).poll()
-                ok = ok and cycle.ok
-            await Dispatcher(store, config, fence=lease.check).pass_once()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keep, lease, ask)  # a long pass (many sends, min_interval) outlives one lease
+                ok = True
+                for name in config.sources:
+                    state = await anyio.to_thread.run_sync(store.load_state, name)
+                    async with _client(config.sources[name]) as client:
+                        cycle = await Poller(config, store, client, state, fence=lease.check).poll()
+                    ok = ok and cycle.ok
+                await Dispatcher(store, config, fence=lease.check).pass_once()
+                tg.cancel_scope.cancel()
+        except* LeaseLost as lost:
+            raise LeaseHeld(f"once stopped: {lost.exceptions[0]} (another daemon took over)") from None
         finally:
-            await anyio.to_thread.run_sync(lease.release)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lease.release)
     finally:
         store.close()
     return 0 if ok else 1

@@ -21,15 +21,24 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+import anyio
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from notifier.store import Store
+from notifier.store import Store, error_reason
+from notifier.threads import CallTimeout, ThreadsExhausted
+
+#: What a store call may fail with that a later try can cure (a lock, an outage, a partition).
+STORE_TROUBLE = (SQLAlchemyError, CallTimeout, ThreadsExhausted)
+#: After a failed renewal, try again this soon (within what the lease has left).
+RENEW_RETRY = 1.0
 
 #: A holder stops acting this long before its lease can have expired: room for the
 #: rate at which two machines' clocks drift apart over one lease, and for the
@@ -155,8 +164,10 @@ class Lease:
         return max(0.0, self._valid_until - self._monotonic()) if self.term is not None else 0.0
 
     def attempt(self) -> bool:
-        """Take the lease if nobody holds it, it has expired, or its holder is a process
-        of this node that has died: a new term. True if taken."""
+        """Take the lease if nobody holds it, it has expired, it is ours already (an
+        earlier attempt whose answer was given up on, which must not leave the lease
+        held by nobody that acts), or its holder is a process of this node that has
+        died: a new term. True if taken."""
         started = self._monotonic()
         take = (
             "UPDATE leader SET holder = :holder, host = :host, pid = :pid, term = term + 1, "
@@ -164,7 +175,7 @@ class Lease:
         )
         with self.store.transaction() as conn:
             now = _now_sql(conn)
-            free = f"holder IS NULL OR expires_at <= {now}"
+            free = f"holder IS NULL OR expires_at <= {now} OR holder = :holder"
             row = conn.execute(text(take.format(now=now, free=free)), self._params()).first()
             if row is None:
                 current = conn.execute(text("SELECT holder FROM leader WHERE id = 1")).scalar()
@@ -247,3 +258,36 @@ def read_leader(store: Store, clock: Callable[[], float] = time.time) -> LeaderI
     if row is None:
         return None
     return LeaderInfo(row.holder, row.host, row.pid, row.term, row.since, row.expires_at, float(row.now))
+
+
+StoreCall = Callable[..., Awaitable[Any]]
+
+
+async def keep(
+    lease: Lease,
+    ask: StoreCall,
+    on_error: Callable[[Exception], None] = lambda exc: None,
+    on_renewed: Callable[[], None] = lambda: None,
+) -> None:
+    """Renew the lease well inside its duration, until cancelled. Raises LeaseLost once
+    it may have run out without a renewal (or another daemon holds it); a store that
+    fails or does not answer is retried within what the lease has left.
+
+    ``ask(fn, timeout=...)`` runs a store call bounded in time (``threads.call_within``).
+    """
+    every = lease.duration / 3
+    wait = every
+    while True:
+        await anyio.sleep(wait)
+        try:
+            renewed = await ask(lease.renew, timeout=lease.remaining())
+        except STORE_TROUBLE as exc:
+            on_error(exc)
+            if not lease.held():
+                raise LeaseLost(f"could not renew the lease: {error_reason(exc)}") from None
+            wait = min(RENEW_RETRY, lease.remaining())
+            continue
+        if not renewed:
+            raise LeaseLost("another daemon holds the lease")
+        on_renewed()
+        wait = every

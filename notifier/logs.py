@@ -83,6 +83,11 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def scrub(text: str) -> str:
+    """``text`` with every registered secret masked, for output that is not a log line."""
+    return redact(text, _formatter.secrets) if _formatter is not None else text
+
+
 def register_secrets(values: Iterable[str]) -> None:
     """Tell the log formatter which values to mask (called on every config load)."""
     if _formatter is not None:

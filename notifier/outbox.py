@@ -27,7 +27,7 @@ from notifier.durations import format_duration
 from notifier.logs import kv, log
 from notifier.model import Event
 from notifier.secret import redact
-from notifier.store import AttemptRecord, Delivery, Fence, Store
+from notifier.store import AttemptRecord, Delivery, Fence, Store, error_reason
 
 #: A worker with nothing due re-checks the store this often (rows re-queued by
 #: ``notifier redeliver`` in another process are picked up within this time).
@@ -108,7 +108,7 @@ class Dispatcher:
         try:
             retired = await anyio.to_thread.run_sync(self.store.retire_targets, list(self.config.targets), self.clock())
         except SQLAlchemyError as exc:
-            log.error("could not retire deliveries of removed targets", extra=kv(error=str(exc)))
+            log.error("could not retire deliveries of removed targets", extra=kv(error=error_reason(exc)))
             return
         if retired:
             log.warning("deliveries to removed targets are dead (redeliver re-queues them)", extra=kv(count=retired))
@@ -178,7 +178,7 @@ class Dispatcher:
                             self.store.next_due, target.name, abandon_on_cancel=True
                         )
                     except SQLAlchemyError as exc:  # a locked or full disk: wait, then try again
-                        log.error("outbox unavailable", extra=kv(target=target.name, error=str(exc)))
+                        log.error("outbox unavailable", extra=kv(target=target.name, error=error_reason(exc)))
                         next_due = None
                     wait = IDLE_CHECK if next_due is None else min(IDLE_CHECK, max(0.0, next_due - self.clock()))
                     with anyio.move_on_after(wait):
@@ -253,7 +253,7 @@ class Dispatcher:
             except SQLAlchemyError as exc:
                 log.error(
                     "could not record a delivery attempt; retrying the record, not the send",
-                    extra=kv(target=target.name, delivery=delivery.id, error=str(getattr(exc, "orig", None) or exc)),
+                    extra=kv(target=target.name, delivery=delivery.id, error=error_reason(exc)),
                 )
                 if self._stopping:
                     return

@@ -25,7 +25,7 @@ from notifier.detect import DetectState, Transition, detect
 from notifier.logs import kv, log
 from notifier.model import Event, PollFailure, Snapshot
 from notifier.route import plan_deliveries
-from notifier.store import Fence, PollRecord, StaleState, Store
+from notifier.store import Fence, PollRecord, StaleState, Store, error_reason
 
 #: Upper bound on the backoff between failed polls (SPEC: the smaller of 15 s and
 #: unreachable_after / 4, never below the poll interval): recovery is seen within ~15 s.
@@ -182,9 +182,9 @@ class Poller:
             self._stale = True
             log.error(
                 "could not record the poll; its changes are picked up by the next one",
-                extra=kv(source=self.name, error=_reason(exc)),
+                extra=kv(source=self.name, error=error_reason(exc)),
             )
-            return self._failed(started, now, PollError("could not record the poll"), _reason(exc))
+            return self._failed(started, now, PollError("could not record the poll"), error_reason(exc))
         finally:
             self.committing = False
         self.state = transition.state
@@ -209,8 +209,8 @@ class Poller:
         try:
             self.state = await anyio.to_thread.run_sync(self.store.load_state, self.name)
         except SQLAlchemyError as exc:
-            log.error("cannot reload the state from the store", extra=kv(source=self.name, error=_reason(exc)))
-            return _reason(exc)
+            log.error("cannot reload the state from the store", extra=kv(source=self.name, error=error_reason(exc)))
+            return error_reason(exc)
         self._stale = False
         log.info("reloaded the state from the store", extra=kv(source=self.name, calls=len(self.state.calls)))
         return None
@@ -276,7 +276,3 @@ class Poller:
             if log.isEnabledFor(logging.DEBUG):
                 for event in cycle.events:
                     log.debug(event.type, extra=kv(event_id=event.id, call_id=event.call_id))
-
-
-def _reason(exc: Exception) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -25,6 +25,10 @@ class ThreadsExhausted(Exception):
     """No thread for this call: too many earlier ones still hang, or none can be started."""
 
 
+class CallTimeout(Exception):
+    """The call did not finish in time; its thread is left to end on its own."""
+
+
 class Pending(Generic[T]):
     """A call running in its thread. ``done`` is set (on the event loop) when it ends."""
 
@@ -87,3 +91,13 @@ class ThreadBudget:
                 self._live -= 1
             raise ThreadsExhausted(f"cannot start a thread ({exc})") from None
         return pending
+
+
+async def call_within(budget: ThreadBudget, timeout: float, fn: Callable[[], T]) -> T:
+    """``fn`` in a thread of ``budget``, awaited for at most ``timeout`` seconds."""
+    pending = budget.start(fn)
+    with anyio.move_on_after(timeout):
+        await pending.done.wait()
+    if not pending.finished:
+        raise CallTimeout(f"no answer within {timeout:g}s")
+    return pending.result()

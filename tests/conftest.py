@@ -162,11 +162,48 @@ def _reap_daemons() -> Iterator[None]:
 
 
 def from_store(directory: Path, read: Callable[[Store], list[T]]) -> list[T]:
-    """What ``read`` finds in a daemon's store (nothing before it has created its tables)."""
-    store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)})
+    """What ``read`` finds in a daemon's store: nothing before the daemon has made the
+    database and its tables; any other error is the test's failure, raised."""
+    from sqlalchemy.exc import OperationalError
+
+    from notifier.store import StoreError
+
+    try:
+        store = Store("sqlite:///notifier.db", {"STATE_DIRECTORY": str(directory)}, create=False)
+    except StoreError as exc:
+        if "no database at" in str(exc):
+            return []
+        raise
     try:
         return read(store)
-    except Exception:  # the daemon has not created the tables yet
-        return []
+    except OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
     finally:
         store.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test left a daemon (or any other child) running."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == os.getpid() and state != "Z" and "notifier" in cmdline:
+            left.append((int(proc.name), cmdline.strip()))
+    for pid, _ in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    if left:
+        print(f"\nprocesses left running by the tests (killed now): {left}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -331,3 +331,59 @@ def test_roles_in_health_and_metrics_and_a_lost_store_is_503_on_both(
         wait_for(lambda: all(health(port)[0] == 200 for port in ports), timeout=30)
         for daemon in daemons:
             assert daemon.stop() == 0
+
+
+def test_a_lone_leader_paused_past_its_lease_leads_again_when_it_wakes(
+    tmp_path: Path, sim: BlandSimulator, rx: Receiver, store_url: str
+) -> None:
+    """Nobody took over while it slept: it must not stay a standby for good."""
+    configure(tmp_path, sim, rx, store_url)
+    sim.set_calls([wire_call("a")])
+    daemon = start(tmp_path, sim)
+    wait_for(lambda: rx.received)
+    daemon.proc.send_signal(signal.SIGSTOP)
+    time.sleep(LEASE * 2)
+    daemon.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "no longer the leader" in daemon.log)
+    sim.set_calls([wire_call("a"), wire_call("b")])
+    wait_for(lambda: any(r.json["data"]["call"]["call_id"] == "b" for r in rx.received), timeout=LEASE * 3)
+    assert leader_pid(store_url) == daemon.pid
+    assert daemon.stop() == 0
+
+
+def test_once_keeps_its_lease_through_a_long_pass(tmp_path: Path, sim: BlandSimulator, rx: Receiver) -> None:
+    configure(tmp_path, sim, rx, f"sqlite:///{tmp_path}/notifier.db")
+    path = tmp_path / "notifier.toml"
+    path.write_text(path.read_text().replace("[targets.crm]\n", '[targets.crm]\nmin_interval = "1s"\n'))
+    sim.set_calls([wire_call(f"c{i}") for i in range(4)])  # 4 sends, 1 s apart: longer than the 2 s lease
+    result = run_cli(["once"], cli_env(sim, tmp_path), tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(rx.received) == 4 and "Traceback" not in result.stderr
+
+
+def test_several_sources_commit_side_by_side_on_postgresql(tmp_path: Path, rx: Receiver, postgres_url: str) -> None:
+    from tests.test_sources import source
+
+    sims = [BlandSimulator(seed=i) for i in range(3)]
+    try:
+        for s in sims:
+            s.start()
+        text = "".join(source(f"s{i}", s, f"KEY_{i}") for i, s in enumerate(sims))
+        (tmp_path / "notifier.toml").write_text(
+            text
+            + f'[storage]\nurl = "{postgres_url}"\n[detect]\nannounce_existing = true\n'
+            + f'[targets.crm]\nurl = "{rx.url}"\n'
+            + '[[rules]]\nname = "all"\nevents = ["call.appeared"]\ntargets = ["crm"]\n'
+        )
+        env = cli_env(None, tmp_path, **{f"KEY_{i}": s.api_key for i, s in enumerate(sims)})
+        daemon = DaemonProcess(tmp_path, env)
+        for round_ in range(15):  # every source has new calls at every poll
+            for i, s in enumerate(sims):
+                s.set_calls([wire_call(f"{i}-{round_}-{k}") for k in range(5)])
+            time.sleep(0.2)
+        wait_for(lambda: len({r.headers["webhook-id"] for r in rx.received}) >= 3 * 5 * 10, timeout=30)
+        assert daemon.stop() == 0
+        assert "could not record the poll" not in daemon.log, daemon.log
+    finally:
+        for s in sims:
+            s.stop()

