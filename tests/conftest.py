@@ -11,12 +11,19 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import settings
 
 from notifier.simulator import BlandSimulator
 from notifier.store import Store
 from tests.postgres import postgres_cluster, postgres_url  # noqa: F401
 
 PYTHON = sys.executable
+
+# Deadlines are the machine's jitter, not the code's: off. In CI (and under mutation
+# testing) examples are derandomized, so that a failing property reproduces as it is.
+settings.register_profile("local", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") or os.environ.get("MUTANT_UNDER_TEST") else "local")
 T = TypeVar("T")
 
 
