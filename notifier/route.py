@@ -188,7 +188,7 @@ def event_fields(event: Event) -> dict[str, str]:
         for name in CALL_FIELDS:
             fields[name] = _text(call.get(name))
     for name, value in event.data.items():
-        if name != "call" and not isinstance(value, (dict, list)):
+        if not isinstance(value, (dict, list)):  # scalars only: not ``call``, not ``outcome``
             fields[name] = _text(value)
     return fields
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notifier.detect import DetectSettings, DetectState, Transition, detect
-from notifier.model import IN_PROGRESS, QUEUED, Call, PollFailure, Snapshot
+from notifier.model import IN_PROGRESS, QUEUED, Call, CallState, PollFailure, Snapshot, SourceState
 
 T0 = 1_800_000_000.0
 
@@ -359,3 +359,185 @@ def test_no_upstream_text_makes_detection_raise(entries: list[Call]) -> None:
     t = detect(t.state, snap(), T0 + 3700, cfg)
     for event in t.events:
         assert event.data["call"]["created_at"] is None or event.data["call"]["created_at"].endswith("Z")
+
+
+# -- exact examples: each pins a rule by an expectation computed by hand ------------------
+
+ISO_T0 = "2027-01-15T08:00:00.000Z"  # T0 in ``iso`` form
+
+
+def iso_at(offset: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(T0 + offset, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def test_a_failed_poll_keeps_the_numbering_and_the_reason() -> None:
+    cfg = DetectSettings(unreachable_after=0.5)
+    t = detect(DetectState("i", next_seq=7), PollFailure("HTTP 503"), T0, cfg)
+    assert t.events == [] and t.base_seq == 7 and t.state.next_seq == 7
+    assert t.state.source.last_error == "HTTP 503" and t.state.source.failing_since == T0
+    t = detect(t.state, PollFailure("timed out"), T0 + 1, cfg)
+    assert t.base_seq == 7 and t.state.next_seq == 8  # source.unreachable took number 7
+    assert t.events[0].id == "evt_i_0000000007" and t.events[0].detected_at == T0 + 1
+    assert t.state.source.last_error == "timed out" and t.state.source.failing_since == T0
+    t = detect(t.state, PollFailure("timed out"), T0 + 2, cfg)
+    assert t.events == [] and t.base_seq == 8 and t.state.next_seq == 8
+
+
+def test_a_snapshot_keeps_name_timers_and_numbering() -> None:
+    settings_ = DetectSettings(announce_existing=True, stuck_queued_after=60, stuck_queued_repeat=30)
+    t = detect(DetectState("i", name="eu", next_seq=5), snap(call("a")), T0, settings_)
+    assert (t.base_seq, t.state.next_seq, t.state.name, t.state.timers) == (5, 6, "eu", (60.0, 30.0, 0.0))
+    assert t.events[0].detected_at == T0 and t.events[0].data["source"] == "eu"
+
+
+def test_recovery_with_no_known_start_of_the_outage_has_no_downtime() -> None:
+    state = DetectState("i", source=SourceState(ever_succeeded=True, unreachable=True, failing_since=None))
+    (event,) = detect(state, snap(), T0, ANNOUNCE).events
+    assert event.type == "source.recovered" and event.data["downtime_seconds"] is None
+    state = DetectState("i", source=SourceState(ever_succeeded=True, unreachable=True, failing_since=T0 - 90))
+    assert detect(state, snap(), T0, ANNOUNCE).events[0].data["downtime_seconds"] == 90
+
+
+def test_timer_due_times_follow_spec_arithmetic() -> None:
+    s = DetectSettings(announce_existing=True, stuck_queued_after=60, stuck_queued_repeat=30, long_running_after=300)
+    t = detect(DetectState("i"), snap(call("q", created=T0 - 10), call("p", IN_PROGRESS)), T0, s)
+    assert t.state.calls["q"].due == T0 + 50  # created + stuck_queued_after
+    assert t.state.calls["p"].due == T0 + 300  # in progress since first sighting + long_running_after
+    t = detect(t.state, snap(call("q", created=T0 - 10), call("p", IN_PROGRESS)), T0 + 50, s)
+    assert [e.type for e in t.events] == ["call.stuck_queued"]  # exactly at the due time, not a poll later
+    assert t.state.calls["q"].due == T0 + 80  # the announcement + stuck_queued_repeat
+    off = DetectSettings(announce_existing=True)
+    assert detect(DetectState("i"), snap(call("p", IN_PROGRESS)), T0, off).state.calls["p"].due == float("inf")
+    once = DetectSettings(announce_existing=True, stuck_queued_after=60)
+    t = detect(DetectState("i"), snap(call("q", created=T0 - 60)), T0, once)
+    assert t.state.calls["q"].stuck_at == T0 and t.state.calls["q"].due == float("inf")  # announced once: no timer
+
+
+def test_zero_turns_a_timer_off_and_sub_second_thresholds_work() -> None:
+    off = DetectSettings(announce_existing=True, stuck_queued_after=0, long_running_after=0)
+    state = DetectState("i")
+    for step in range(5):
+        t = detect(
+            state, snap(call("q", created=T0 - 3600), call("p", IN_PROGRESS, start=iso_at(-3600))), T0 + step, off
+        )
+        assert not {e.type for e in t.events} & {"call.stuck_queued", "call.long_running"}
+        state = t.state
+    fast = DetectSettings(announce_existing=True, stuck_queued_after=0.5, long_running_after=0.5)
+    t = detect(DetectState("i"), snap(call("q")), T0, fast)
+    t = detect(t.state, snap(call("q")), T0 + 0.5, fast)
+    assert [e.type for e in t.events] == ["call.stuck_queued"]
+    t = detect(DetectState("i"), snap(call("p", IN_PROGRESS)), T0, fast)
+    t = detect(t.state, snap(call("p", IN_PROGRESS)), T0 + 0.6, fast)
+    assert [(e.type, e.data) for e in t.events] == [
+        (
+            "call.long_running",
+            {"call": t.events[0].data["call"], "in_progress_for_seconds": pytest.approx(0.6), "source": "default"},
+        )
+    ]
+
+
+def test_stuck_repeat_zero_is_once_and_a_repeat_waits_its_period() -> None:
+    for repeat, expected in ((0.0, 1), (0.5, 5), (100.0, 1)):
+        s = DetectSettings(announce_existing=True, stuck_queued_after=1, stuck_queued_repeat=repeat)
+        state, stuck = DetectState("i"), 0
+        for step in range(1, 6):  # polls at +1 s .. +5 s
+            t = detect(state, snap(call("q", created=T0)), T0 + step, s)
+            stuck += sum(e.type == "call.stuck_queued" for e in t.events)
+            state = t.state
+        assert stuck == expected, repeat
+
+
+def test_upstream_times_are_trusted_at_the_edges_of_plausible() -> None:
+    from notifier.detect import CLOCK_SKEW, MAX_PLAUSIBLE_AGE
+
+    s = DetectSettings(announce_existing=True, stuck_queued_after=100)
+    # created exactly a week before the first sighting: plausible, stuck 100 s after creation (long ago)
+    t = detect(DetectState("i"), snap(call("old", created=T0 - MAX_PLAUSIBLE_AGE)), T0, s)
+    assert [e.type for e in t.events] == ["call.appeared", "call.stuck_queued"]
+    # created exactly CLOCK_SKEW in the future: still trusted, so stuck at created + 100
+    t = detect(DetectState("i"), snap(call("skew", created=T0 + CLOCK_SKEW)), T0, s)
+    assert t.state.calls["skew"].due == T0 + CLOCK_SKEW + 100
+    # a little within the skew: trusted too (not first_seen - skew)
+    t = detect(DetectState("i"), snap(call("near", created=T0 + 30)), T0, s)
+    assert t.state.calls["near"].due == T0 + 130
+    # beyond: our own first sighting counts
+    t = detect(DetectState("i"), snap(call("far", created=T0 + CLOCK_SKEW + 1)), T0, s)
+    assert t.state.calls["far"].due == T0 + 100
+
+
+def test_long_running_counts_from_bland_start_time_else_from_our_sighting_of_the_start() -> None:
+    s = DetectSettings(announce_existing=True, long_running_after=300)
+    t = detect(DetectState("i"), snap(call("p", IN_PROGRESS, start=iso_at(-200))), T0, s)
+    assert t.state.calls["p"].due == T0 + 100  # Bland says it started 200 s ago
+    t = detect(t.state, snap(call("p", IN_PROGRESS, start=iso_at(-200))), T0 + 100, s)
+    assert [(e.type, e.data["in_progress_for_seconds"]) for e in t.events] == [("call.long_running", 300.0)]
+    # No start_time: from the poll that saw it start (not from the call's first sighting).
+    t = detect(DetectState("i"), snap(call("q")), T0, s)
+    t = detect(t.state, snap(call("q", IN_PROGRESS)), T0 + 40, s)
+    assert t.state.calls["q"].in_progress_since == T0 + 40 and t.state.calls["q"].due == T0 + 340
+
+
+def test_in_progress_since_is_recorded_when_a_call_starts_and_kept_on_re_entry() -> None:
+    t = detect(DetectState("i"), snap(call("a", IN_PROGRESS)), T0, ANNOUNCE)
+    assert t.state.calls["a"].in_progress_since == T0 and t.state.calls["a"].started
+    t = detect(DetectState("i"), snap(call("b")), T0, ANNOUNCE)
+    t = detect(t.state, snap(call("b", IN_PROGRESS)), T0 + 5, ANNOUNCE)
+    assert t.state.calls["b"].in_progress_since == T0 + 5
+    t = detect(t.state, snap(call("b", "ON_HOLD")), T0 + 6, ANNOUNCE)
+    assert t.state.calls["b"].in_progress_since == T0 + 5  # a status away from IN_PROGRESS keeps it
+    t = detect(t.state, snap(call("b", IN_PROGRESS)), T0 + 7, ANNOUNCE)
+    assert [e.type for e in t.events] == ["call.status_changed"] and t.state.calls["b"].in_progress_since == T0 + 5
+    # A call seen first in another status gets its in-progress time when it first enters it.
+    t = detect(DetectState("i"), snap(call("c", "RINGING")), T0, ANNOUNCE)
+    assert t.state.calls["c"].in_progress_since is None
+    t = detect(t.state, snap(call("c", "ON_HOLD")), T0 + 1, ANNOUNCE)
+    assert t.state.calls["c"].in_progress_since is None  # not IN_PROGRESS: still unknown
+
+
+def test_queued_time_at_start_is_bland_start_minus_creation_even_when_zero() -> None:
+    t = detect(DetectState("i"), snap(call("z", IN_PROGRESS, created=T0 - 5, start=iso_at(-5))), T0, ANNOUNCE)
+    assert t.events[1].data == {
+        "call": t.events[1].data["call"],
+        "queued_for_seconds": 0.0,
+        "was_stuck": False,
+        "source": "default",
+    }
+    t = detect(DetectState("i"), snap(call("y", IN_PROGRESS, created=T0 - 50, start=iso_at(-8))), T0, ANNOUNCE)
+    assert t.events[1].data["queued_for_seconds"] == 42.0  # first seen in progress: Bland's times
+
+
+def test_a_call_back_after_a_missed_poll_forgets_that_it_was_missing() -> None:
+    s = DetectSettings(announce_existing=True, missing_polls=2)
+    t = detect(DetectState("i"), snap(call("a")), T0, s)
+    t = detect(t.state, snap(), T0 + 5, s)
+    assert t.state.calls["a"].missing == 1 and t.state.calls["a"].last_seen == T0
+    t = detect(t.state, snap(call("a")), T0 + 10, s)
+    assert t.events == [] and t.state.calls["a"].missing == 0 and t.state.calls["a"].last_seen is None
+
+
+def test_an_identical_entry_decoded_afresh_is_no_change() -> None:
+    t = detect(DetectState("i"), snap(call("a")), T0, ANNOUNCE)
+    again = detect(t.state, snap(call("a")), T0 + 5, ANNOUNCE)  # equal, not the same object
+    assert again.events == [] and again.changed == [] and again.removed == []
+
+
+def test_calls_that_end_together_are_reported_in_the_order_they_were_first_seen() -> None:
+    t = detect(DetectState("i"), snap(call("zz")), T0, ANNOUNCE)
+    t = detect(t.state, snap(call("zz"), call("aa")), T0 + 1, ANNOUNCE)
+    t = detect(t.state, snap(), T0 + 2, ANNOUNCE)
+    assert types(t) == [("call.disappeared", "zz"), ("call.disappeared", "aa")]
+
+
+def test_a_call_that_ends_while_timers_are_rescheduled_is_not_written_back() -> None:
+    t = detect(DetectState("i"), snap(call("a"), call("b")), T0, ANNOUNCE)
+    other = DetectSettings(announce_existing=True, stuck_queued_after=999, unreachable_after=60)
+    t = detect(t.state, snap(call("b")), T0 + 5, other)  # timers changed: every call rescheduled
+    assert t.removed == ["a"] and [cs.call.call_id for cs in t.changed] == ["b"]
+
+
+def test_an_end_with_no_successful_poll_before_has_no_observed_time() -> None:
+    state = DetectState("i", calls={"a": CallState(call=call("a"), first_seen=T0 - 10)})
+    (event,) = detect(state, snap(), T0, ANNOUNCE).events
+    assert event.type == "call.disappeared" and event.data["observed_seconds"] is None
