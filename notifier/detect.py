@@ -238,9 +238,7 @@ def _seen_again(prev: CallState, call: Call, now: float, out: _Emitter) -> CallS
         )
         return msgspec.structs.replace(cs, started=True, in_progress_since=now)
     out.emit("call.status_changed", {"previous_status": old}, call)
-    if new == IN_PROGRESS and prev.in_progress_since is None:
-        cs = msgspec.structs.replace(cs, in_progress_since=now)
-    return cs
+    return cs  # back to IN_PROGRESS: it started before, and its start time was kept then
 
 
 def _queued_for_at_start(call: Call, observed: float | None) -> float | None:
@@ -262,7 +260,7 @@ def _in_progress_since(cs: CallState) -> float:
     start = parse_iso(cs.call.start_time)
     if _plausible(start, cs.first_seen):
         return start  # type: ignore[return-value]
-    return cs.in_progress_since if cs.in_progress_since is not None else cs.first_seen
+    return cs.in_progress_since or cs.first_seen  # (set whenever a call has started)
 
 
 def _plausible(ts: float | None, first_seen: float) -> bool:

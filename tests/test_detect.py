@@ -541,3 +541,32 @@ def test_an_end_with_no_successful_poll_before_has_no_observed_time() -> None:
     state = DetectState("i", calls={"a": CallState(call=call("a"), first_seen=T0 - 10)})
     (event,) = detect(state, snap(), T0, ANNOUNCE).events
     assert event.type == "call.disappeared" and event.data["observed_seconds"] is None
+
+
+def test_an_unchanged_call_is_checked_exactly_at_its_due_time() -> None:
+    """As the decoder hands them over: the same object poll after poll."""
+    s = DetectSettings(announce_existing=True, stuck_queued_after=60)
+    q = call("q", created=T0 - 10)
+    t = detect(DetectState("i"), snap(q), T0, s)
+    t = detect(t.state, snap(q), T0 + 49.9, s)
+    assert t.events == []
+    t = detect(t.state, snap(q), T0 + 50, s)
+    assert types(t) == [("call.stuck_queued", "q")]
+    off = DetectSettings(announce_existing=True, stuck_queued_after=0)
+    assert detect(DetectState("i"), snap(q), T0, off).state.calls["q"].due == float("inf")
+
+
+def test_a_changed_entry_of_a_stuck_call_is_not_announced_stuck_again() -> None:
+    for repeat in (0.0, 100.0):
+        s = DetectSettings(announce_existing=True, stuck_queued_after=1, stuck_queued_repeat=repeat)
+        t = detect(DetectState("i"), snap(call("q", created=T0)), T0 + 1, s)
+        assert [e.type for e in t.events] == ["call.appeared", "call.stuck_queued"]
+        t = detect(t.state, snap(call("q", created=T0, to="+4420")), T0 + 10, s)  # still QUEUED, new number
+        assert t.events == [], repeat
+
+
+def test_the_events_of_one_call_share_one_payload() -> None:
+    t = detect(DetectState("i"), snap(call("a", IN_PROGRESS), call("b", IN_PROGRESS)), T0, ANNOUNCE)
+    a_appeared, a_started, b_appeared, b_started = t.events
+    assert a_appeared.data["call"] is a_started.data["call"] and b_appeared.data["call"] is b_started.data["call"]
+    assert a_appeared.data["call"]["call_id"] == "a" and b_appeared.data["call"]["call_id"] == "b"

@@ -244,6 +244,12 @@ def test_compile_rule_errors_and_defaults() -> None:
             "field 'to' exists on none of this rule's events (source.recovered); "
             "fields there: downtime_seconds, source, type",
         ),
+        (
+            {"events": ["source.recovered", "source.unreachable"], "match": ["to = x"]},
+            "match[0]",
+            "field 'to' exists on none of this rule's events (source.recovered, source.unreachable); "
+            "fields there: consecutive_failures, downtime_seconds, last_error, since, source, type",
+        ),
     ]:
         args = {"name": "r", "events": ["call.started"], "match": [], "targets": ["t"], **kwargs}
         with pytest.raises(RuleError) as caught:
@@ -292,3 +298,9 @@ def test_every_digest_and_single_names_its_rule() -> None:
     planned = plan_deliveries(events, rules, digestible=frozenset({"slack"}))
     assert {p.rule for p in planned} == {"stuck"}
     assert [(p.target, len(p.event_ids)) for p in planned] == [("slack", 3), ("hook", 1), ("hook", 1), ("hook", 1)]
+
+
+def test_only_quote_and_backslash_are_escapes() -> None:
+    assert parse_matcher(r'to = "a\Xb"').value == r"a\Xb"
+    assert parse_matcher(r'to = "a\"b"').value == 'a"b'
+    assert parse_matcher(r'to = "a\\b"').value == "a\\b"
