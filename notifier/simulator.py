@@ -84,6 +84,7 @@ class _Shared:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    peers: set[tuple[str, int]] = field(default_factory=set)  # client (host, port) of each connection
     latency: float = 0.0
     details_latency: float = 0.0
     error_rate: float = 0.0
@@ -125,6 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         shared = self.server.shared
         with shared.lock:
             shared.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            shared.peers.add(self.client_address[:2])
             fault = shared.faults.popleft() if shared.faults else None
             if shared.tick is not None:
                 shared.tick()
@@ -342,3 +344,9 @@ class BlandSimulator:
     def requests(self) -> list[tuple[str, dict[str, str]]]:
         with self.shared.lock:
             return list(self.shared.requests)
+
+    @property
+    def connections(self) -> int:
+        """How many TCP connections clients have made (a keep-alive client: one)."""
+        with self.shared.lock:
+            return len(self.shared.peers)

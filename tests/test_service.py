@@ -243,16 +243,17 @@ def test_secrets_never_printed(tmp_path: Path, sim: BlandSimulator) -> None:
         wait_for(lambda: "delivery failed" in daemon.log and "mail" in daemon.log, timeout=30)
         assert daemon.stop() == 0
         outputs.append(daemon.log)
-        for args in (
-            ["check"],
-            ["events", "--json"],
-            ["deliveries", "--json"],
-            ["deliveries"],
-            ["test", "crm"],
-            ["test", "mail"],
-            ["--log-level", "debug", "once"],
+        for args, code in (
+            (["check"], 0),
+            (["events", "--json"], 0),
+            (["deliveries", "--json"], 0),
+            (["deliveries"], 0),
+            (["test", "crm"], 1),  # the receiver answers 500
+            (["test", "mail"], 1),
+            (["--log-level", "debug", "once"], 0),
         ):
             result = run_cli(args, env, tmp_path)
+            assert result.returncode == code, (args, result.stderr)
             outputs += [result.stdout, result.stderr]
         assert "HTTP 500" in "".join(outputs)  # the failures were reported...
         dump = "\n".join(sqlite3.connect(tmp_path / "notifier.db").iterdump())
