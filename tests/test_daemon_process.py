@@ -48,7 +48,8 @@ def test_sigterm_then_restart_continues_where_it_stopped(tmp_path: Path, sim: Bl
     sim.set_calls([wire_call("b", "IN_PROGRESS"), wire_call("c")])
     daemon = DaemonProcess(tmp_path, env)
     wait_for(lambda: len(events(tmp_path)) == 5)
-    time.sleep(0.5)  # several more polls: nothing may repeat
+    polled = len(poll_times(tmp_path))
+    wait_for(lambda: len(poll_times(tmp_path)) >= polled + 5)  # five more polls: nothing may repeat
     assert daemon.stop(signal.SIGINT) == 0
     assert events(tmp_path) == [
         ("call.appeared", "a"),
@@ -90,7 +91,8 @@ def test_sigkill_mid_poll_loses_and_repeats_nothing(tmp_path: Path, sim: BlandSi
     daemon = DaemonProcess(tmp_path, env)  # a last run that sees the final upstream
     wait_for(lambda: "started" in daemon.log)
     wait_for(lambda: {cid for t, cid in events(tmp_path) if t == "call.appeared"} == ever, timeout=30)
-    time.sleep(0.5)
+    polled = len(poll_times(tmp_path))
+    wait_for(lambda: len(poll_times(tmp_path)) >= polled + 5)  # five more polls: nothing may repeat
     assert daemon.stop() == 0
     seen = events(tmp_path)
     counts = Counter(seen)
