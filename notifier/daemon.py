@@ -35,7 +35,8 @@ from notifier.lease import STORE_TROUBLE, Lease, LeaseHeld, LeaseLost, keep, rea
 from notifier.listener import Listener, Standing
 from notifier.logs import kv, log, register_secrets
 from notifier.metrics import Metrics
-from notifier.outbox import Dispatcher
+from notifier.model import Event, iso
+from notifier.outbox import Dispatcher, send_unrecorded
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
 from notifier.store import BUSY_TIMEOUT, Store, StoreError, error_reason
@@ -106,6 +107,8 @@ class Daemon:
         # while one still hangs the next is not started (threads would pile up for as
         # long as a partition lasts), and the store counts as unavailable.
         self._store_calls = ThreadBudget(1, "store")
+        self._unrecorded: dict[str, float] = {}  # per source: since when its polls cannot be recorded
+        self._alerted: set[str] = set()  # sources whose store alert went out (not yet the recovery)
         self.metrics = Metrics(states=self._states, queue=self._queue_stats, clock=clock)
         for name in config.sources:
             self.metrics.add_source(name)
@@ -393,12 +396,47 @@ class Daemon:
             self._store_failed(RuntimeError(cycle.store_error))
         elif cycle.committed:
             self._store_ok()
+        self._watch_unrecorded(loop, cycle)
         if self.dispatcher is not None:
             self.dispatcher.wake(cycle.targets)
         self.metrics.observe_poll(poller.name, cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
         if self.notify.enabled:  # the queue query runs only when systemd is listening
             self._status = await self._status_line(cycle)
             self.notify.status(self._status)
+
+    def _watch_unrecorded(self, loop: _SourceLoop, cycle: Cycle) -> None:
+        """Polls that cannot be recorded are failed polls, and a source that has failed
+        for ``unreachable_after`` is announced: ``source.unreachable`` (and then
+        ``source.recovered``), sent straight to the targets, since the outbox lives in
+        the very store that fails. Their ``last_error`` says it is the store."""
+        name = loop.poller.name
+        if cycle.store_error is not None:
+            since = self._unrecorded.setdefault(name, cycle.at)
+            after = float(self.config.sources[name].unreachable_after)
+            if cycle.at - since >= after and name not in self._alerted:
+                self._alerted.add(name)
+                data = {
+                    "since": iso(since),
+                    "consecutive_failures": loop.poller.failures,
+                    "last_error": f"the store cannot record polls: {cycle.store_error}",
+                }
+                self._send_unrecorded(loop, "source.unreachable", since, data)
+        elif cycle.committed:
+            since = self._unrecorded.pop(name, None)
+            if name in self._alerted and since is not None:
+                self._alerted.discard(name)
+                self._send_unrecorded(loop, "source.recovered", since, {"downtime_seconds": cycle.at - since})
+
+    def _send_unrecorded(self, loop: _SourceLoop, type_: str, since: float, data: dict[str, object]) -> None:
+        state = loop.poller.state
+        event = Event(
+            id=f"evt_{state.instance}_store_{type_.partition('.')[2]}_{round(since * 1000)}",
+            type=type_,
+            detected_at=self.clock(),
+            data={**data, "source": state.name},
+        )
+        if self._term_tg is not None:
+            self._term_tg.start_soon(send_unrecorded, event, self.config, self.clock)
 
     def _wait(self, loop: _SourceLoop) -> float:
         """Seconds until the next poll. While healthy, polls start every interval (the

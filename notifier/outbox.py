@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -276,6 +277,33 @@ class Dispatcher:
         else:
             retry = format_duration((record.next_attempt_at or record.at) - record.at)
             log.warning(f"delivery failed; retrying in {retry}", extra=context)
+
+
+async def send_unrecorded(event: Event, config: Config, clock: Callable[[], float] = time.time) -> None:
+    """Send an event that cannot be stored (the store itself is failing) straight to the
+    targets its rules name: once, without retries, each target within its own deadline.
+    Best effort by nature: it is what a blind daemon can still say."""
+    from notifier.route import route
+
+    async def one(target: Target, rule: Any) -> None:
+        channel = make_channel(target)
+        try:
+            outcome = await channel.send(Message(events=[event], rule=rule, attempt_at=clock()))
+        except Exception as exc:  # a channel bug must not take the poll loop down
+            outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+        finally:
+            await channel.aclose()
+        context = kv(target=target.name, event=event.type, error=outcome.error)
+        if outcome.ok:
+            log.warning("sent without recording it (the store is failing)", extra=context)
+        else:
+            log.error("could not send (and could not record) a store alert", extra=context)
+
+    async with anyio.create_task_group() as tg:
+        for hop in route(event, config.rules):
+            target = config.targets.get(hop.target)
+            if target is not None:
+                tg.start_soon(one, target, hop.rule)
 
 
 def send_test(target: Target, clock: Callable[[], float] = time.time) -> Outcome:

@@ -24,7 +24,7 @@ from notifier.route import PlannedDelivery
 from notifier.secret import Secret
 from notifier.simulator import BlandSimulator, wire_call
 from notifier.store import AttemptRecord, Delivery, PollRecord, Store
-from tests.conftest import DaemonProcess, cli_env, run_cli, wait_for, write_config
+from tests.conftest import DaemonProcess, announce_to, cli_env, run_cli, wait_for, write_config
 from tests.receivers import Receiver
 from tests.test_detect import T0, call, snap
 
@@ -321,12 +321,13 @@ def test_full_disk_turns_health_503_and_the_daemon_rides_it_out(tmp_path: Path, 
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    rx = Receiver().__enter__()
     try:
         port = free_port()
         write_config(
             tmp_path,
             sim,
-            f'[http]\nlisten = "127.0.0.1:{port}"\n[detect]\nannounce_existing = true\n',
+            f'[http]\nlisten = "127.0.0.1:{port}"\n' + announce_to(rx.url, events='"source.*"'),
             storage=f'url = "sqlite:///{disk}/notifier.db"',
         )
         sim.set_calls([wire_call("a")])
@@ -346,8 +347,13 @@ def test_full_disk_turns_health_503_and_the_daemon_rides_it_out(tmp_path: Path, 
         assert health["status"] == "store unavailable" and "full" in health["store"], health
         time.sleep(11)  # a WAL checkpoint (every 10 s) fails too, and must not kill the process
         assert daemon.proc.poll() is None
+        # Blind for longer than unreachable_after (1 s): the targets are told, straight, not via the outbox.
+        (alert,) = [r.json for r in rx.received]
+        assert alert["type"] == "source.unreachable" and alert["data"]["source"] == "default"
+        assert alert["data"]["last_error"].startswith("the store cannot record polls: database or disk is full")
         filler.unlink()
         wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30)
+        wait_for(lambda: [r.json["type"] for r in rx.received] == ["source.unreachable", "source.recovered"])
         assert daemon.stop() == 0
         assert "Traceback" not in daemon.log and "could not record the poll" in daemon.log
         store = Store(f"sqlite:///{disk}/notifier.db", create=False)
@@ -355,6 +361,7 @@ def test_full_disk_turns_health_503_and_the_daemon_rides_it_out(tmp_path: Path, 
         store.close()
         assert appeared == {"a", *(f"n{i}" for i in range(300))}
     finally:
+        rx.__exit__(None, None, None)
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
