@@ -194,7 +194,13 @@ class Dispatcher:
         # Reads are abandoned, not awaited, when the term ends: a store that does not
         # answer must not keep a deposed daemon from standing down.
         batch = await anyio.to_thread.run_sync(
-            self.store.due_deliveries, target.name, self.clock(), BATCH, fence, abandon_on_cancel=True
+            self.store.due_deliveries,
+            target.name,
+            self.clock(),
+            BATCH,
+            fence,
+            target.retry_max + 1.0,  # a clock set back does not hold retries for as long
+            abandon_on_cancel=True,
         )
         outcomes: Counter[str] = Counter()
         for delivery, events in batch:

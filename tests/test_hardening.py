@@ -462,3 +462,18 @@ def test_a_flood_of_idle_connections_costs_a_bounded_number_of_threads(tmp_path:
     for sock in flood:
         sock.close()
     assert daemon.stop() == 0 and "Traceback" not in daemon.log
+
+
+def test_a_wall_clock_set_back_does_not_hold_retries(store_url: str) -> None:
+    store = Store(store_url)
+    store.upgrade()
+    t = detect(store.load_state(), snap(call("a"), call("b")), T0, DetectSettings(announce_existing=True))
+    store.commit_poll(t, [PlannedDelivery("crm", "all", (e.id,)) for e in t.events], PollRecord(T0, 0.0, True))
+    first, second = store.deliveries()
+    # Retries were scheduled 5 min out; then the clock went back an hour.
+    store.record_attempt(first, AttemptRecord(T0, "failed", 500, "HTTP 500", 0.1, next_attempt_at=T0 + 300))
+    store.record_attempt(second, AttemptRecord(T0, "failed", 500, "HTTP 500", 0.1, next_attempt_at=T0 + 300))
+    back = T0 - 3600
+    assert [d.id for d, _ in store.due_deliveries("crm", back, horizon=600)] == [first.id, second.id]
+    assert store.due_deliveries("crm", T0 + 1, horizon=600) == []  # in step: a 5-minute backoff is kept
+    store.close()

@@ -402,18 +402,26 @@ class Store:
     # -- the outbox ---------------------------------------------------------------------
 
     def due_deliveries(
-        self, target: str, now: float, limit: int = 50, fence: Fence | None = None
+        self,
+        target: str,
+        now: float,
+        limit: int = 50,
+        fence: Fence | None = None,
+        horizon: float | None = None,
     ) -> list[tuple[Delivery, list[Event]]]:
         """Pending deliveries of one target that are due, in event order, with their events.
-        With a fence, the batch is read only while the writer still leads."""
+        With a fence, the batch is read only while the writer still leads. ``horizon``:
+        the longest wait the target ever schedules (its ``retry_max``); a row due later
+        than that was scheduled before the wall clock jumped back, and is due now."""
+        due = deliveries.c.next_attempt_at <= now
+        if horizon is not None:
+            due = or_(due, deliveries.c.next_attempt_at > now + horizon)
         with self.engine.connect() as conn:
             if fence is not None:
                 fence.verify(conn)
             rows = conn.execute(
                 select(deliveries)
-                .where(
-                    deliveries.c.status == "pending", deliveries.c.target == target, deliveries.c.next_attempt_at <= now
-                )
+                .where(deliveries.c.status == "pending", deliveries.c.target == target, due)
                 .order_by(deliveries.c.id)
                 .limit(limit)
             ).all()
