@@ -128,6 +128,15 @@ def wait_for_leader(url: str, among: list[DaemonProcess], timeout: float = 20) -
     return pids[wait_for(lambda: (pid := leader_pid(url)) in pids and pid, timeout=timeout)]
 
 
+def leader_and_standby(tmp_path: Path, sim: BlandSimulator, url: str) -> tuple[DaemonProcess, DaemonProcess]:
+    """Two daemons on one store, once one leads and the other knows it is a standby."""
+    daemons = [start(tmp_path, sim), start(tmp_path, sim)]
+    leader = wait_for_leader(url, daemons)
+    (standby,) = (d for d in daemons if d is not leader)
+    wait_for(lambda: "standby" in standby.log)
+    return leader, standby
+
+
 def failover_seconds(url: str, since: float, among: list[DaemonProcess]) -> tuple[DaemonProcess, float]:
     """Wait for one of ``among`` to lead and commit a poll; seconds from ``since`` (wall clock)."""
     leader = wait_for_leader(url, among)
@@ -188,10 +197,7 @@ def test_a_clean_stop_hands_over_within_an_interval_and_a_second(
 ) -> None:
     configure(tmp_path, sim, rx, store_url)
     with Traffic(sim) as traffic:
-        daemons = [start(tmp_path, sim), start(tmp_path, sim)]
-        leader = wait_for_leader(store_url, daemons)
-        (standby,) = (d for d in daemons if d is not leader)
-        wait_for(lambda: "standby" in standby.log)
+        leader, standby = leader_and_standby(tmp_path, sim, store_url)
         wait_for(lambda: len(rx.received) > 5)
         assert leader.stop() == 0
         stopped_at = time.time()
@@ -207,9 +213,7 @@ def test_a_paused_leader_wakes_up_deposed_and_commits_nothing(
 ) -> None:
     configure(tmp_path, sim, rx, store_url)
     with Traffic(sim) as traffic:
-        daemons = [start(tmp_path, sim), start(tmp_path, sim)]
-        leader = wait_for_leader(store_url, daemons)
-        (standby,) = (d for d in daemons if d is not leader)
+        leader, standby = leader_and_standby(tmp_path, sim, store_url)
         wait_for(lambda: len(rx.received) > 5)
         leader.proc.send_signal(signal.SIGSTOP)
         paused_at = time.time()
