@@ -340,7 +340,9 @@ def test_roles_in_health_and_metrics_and_a_lost_store_is_503_on_both(
 def test_a_lone_leader_paused_past_its_lease_leads_again_when_it_wakes(
     tmp_path: Path, sim: BlandSimulator, rx: Receiver, store_url: str
 ) -> None:
-    """Nobody took over while it slept: it must not stay a standby for good."""
+    """Nobody took over while it slept: it must not stay a standby for good. (Whether it
+    steps down first depends on where the pause caught it: a renewal already on its way
+    lands after the pause and keeps the term, which is sound, since nobody else took it.)"""
     configure(tmp_path, sim, rx, store_url)
     sim.set_calls([wire_call("a")])
     daemon = start(tmp_path, sim)
@@ -348,7 +350,6 @@ def test_a_lone_leader_paused_past_its_lease_leads_again_when_it_wakes(
     daemon.proc.send_signal(signal.SIGSTOP)
     time.sleep(LEASE * 2)
     daemon.proc.send_signal(signal.SIGCONT)
-    wait_for(lambda: "no longer the leader" in daemon.log)
     sim.set_calls([wire_call("a"), wire_call("b")])
     wait_for(lambda: any(r.json["data"]["call"]["call_id"] == "b" for r in rx.received), timeout=LEASE * 3)
     assert leader_pid(store_url) == daemon.pid
