@@ -116,7 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LeaseHeld as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    except (StoreError, ListenerError) as exc:
+    except ListenerError as exc:  # an address in use or not permitted is configuration: 78, no restart loop
+        print(f"notifier: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StoreError as exc:
         print(f"notifier: {scrub(str(exc))}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:  # a database that cannot be reached, a lock held too long
@@ -327,8 +330,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:
         if leading and info is not None:
-            since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(info.since)) if info.since else "?"
-            print(f"leader: {info.host} pid {info.pid} (term {info.term}, since {since})")
+            print(f"leader: {info.host} pid {info.pid} (term {info.term}, since {iso(info.since) or '?'})")
         else:
             print("leader: none (no daemon holds the lease)")
         for row in sources:
@@ -341,7 +343,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not sources:
             print("sources: none polled yet")
         age = f" (oldest {format_duration(now - oldest)})" if oldest is not None else ""
-        print(f"queue: {depth} deliveries pending{age}")
+        print(f"queue: {depth} {'delivery' if depth == 1 else 'deliveries'} pending{age}")
     return 0 if leading and reachable else 1
 
 
@@ -415,11 +417,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_copy(args: argparse.Namespace) -> int:
-    from notifier.config import StorageConfig, validate_storage
+    from notifier.config import StorageConfig, interpolate_url, validate_storage
     from notifier.store.transfer import copy_store, ensure_quiet
 
     storage = load_storage(resolve_path(args.config))
-    destination = StorageConfig(url=args.to)
+    # --to takes ${credential:NAME} and ${NAME} as the config does: no password on the command line.
+    destination = StorageConfig(url=interpolate_url(args.to, "--to", "--to", os.environ))
     validate_storage(destination, lambda key, reason: ConfigError("--to", None, reason))
     register_secrets(storage_secrets(storage) + storage_secrets(destination))
     source = Store(storage.url, create=False)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -236,8 +237,28 @@ def _interpolate(value: Any, key: str, path: Path, env: Mapping[str, str]) -> An
     if isinstance(value, list):
         return [_interpolate(v, f"{key}[{i}]", path, env) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
+        if key == "storage.url":
+            return interpolate_url(value, key, path, env)
         return _REF.sub(lambda m: _resolve_ref(m, key, path, env), value)
     return value
+
+
+def interpolate_url(url: str, key: str, path: Path | str, env: Mapping[str, str]) -> str:
+    """A database URL's references, where a value in the user-info part (a password from
+    a credential, typically) is percent-encoded: ``p@ss:w/rd`` must not be read as
+    another host or port. Elsewhere values go in as they are (a whole URL from the
+    environment stays whole)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not sep or not at:
+        return _REF.sub(lambda m: _resolve_ref(m, key, Path(path), env), url)
+
+    def quoted(match: re.Match[str]) -> str:
+        value = _resolve_ref(match, key, Path(path), env)
+        return value if match.group(0) == "$${" else quote(value, safe="")
+
+    user_part = _REF.sub(quoted, userinfo)
+    return f"{scheme}://{user_part}@" + _REF.sub(lambda m: _resolve_ref(m, key, Path(path), env), location)
 
 
 def _join(parent: str, child: str) -> str:
@@ -394,7 +415,15 @@ def _sources(schema: _File, fail: Any) -> dict[str, SourceConfig]:
 
 
 def validate_storage(storage: StorageConfig, fail: Any) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     url = storage.url
+    try:
+        make_url(url).port  # noqa: B018  (parses the port too)
+    except (ArgumentError, ValueError):
+        reason = "not a valid database URL (percent-encode @ : / # in a user name or password)"
+        raise fail("storage.url", reason) from None
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         raise fail("storage.url", "write postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB (the psycopg 3 driver)")
     if not url.startswith(("sqlite:///", "postgresql+psycopg://")):

@@ -269,8 +269,11 @@ def test_a_busy_listen_address_is_a_clear_error(tmp_path: Path, sim: BlandSimula
         port = taken.getsockname()[1]
         write_config(tmp_path, sim, f'[http]\nlisten = "127.0.0.1:{port}"\n')
         result = run_cli(["run"], cli_env(sim, tmp_path), tmp_path)
-    assert result.returncode == 1
-    assert f"http.listen: cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 78  # configuration: systemd's RestartPreventExitStatus=78 applies
+    assert (
+        result.stderr.strip()
+        == f"notifier: config error: http.listen: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_reload_with_new_credentials_builds_a_new_client(tmp_path: Path, sim: BlandSimulator) -> None:

@@ -71,3 +71,28 @@ def test_db_copy_refuses_while_a_daemon_leads(tmp_path: Path, postgres_url: str)
     assert done.returncode == 0, done.stderr
     assert "4 events" in done.stdout and "postgresql+psycopg://postgres@127.0.0.1" in done.stdout
     source.close()
+
+
+def test_a_password_from_a_credential_is_percent_encoded_and_never_shown(tmp_path: Path, postgres_url: str) -> None:
+    """README's two-node setup: the password lives in a credential file, as it is."""
+    from notifier.config import load_storage
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db_password").write_text("p@ss:w/rd#1\n")
+    config = tmp_path / "n.toml"
+    config.write_text('[storage]\nurl = "postgresql+psycopg://notifier:${credential:db_password}@db.internal:5432/n"\n')
+    storage = load_storage(config, {"CREDENTIALS_DIRECTORY": str(creds)})
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(storage.url)
+    assert (parsed.password, parsed.host, parsed.port) == ("p@ss:w/rd#1", "db.internal", 5432)
+    source = seeded(tmp_path / "old.db")
+    source.close()
+    (tmp_path / "old.toml").write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/old.db"\n')
+    env = cli_env(None, tmp_path, CREDENTIALS_DIRECTORY=str(creds))
+    target = postgres_url.replace("postgres@", "postgres:${credential:db_password}@")  # trust auth: any password
+    done = run_cli(["--config", str(tmp_path / "old.toml"), "db", "copy", "--to", target], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "p@ss" not in done.stdout + done.stderr and "p%40ss" not in done.stdout + done.stderr
+    assert "postgres:***@127.0.0.1" in done.stdout

@@ -590,9 +590,11 @@ def display_url(url: str) -> str:
 
 def url_passwords(url: str) -> list[str]:
     """The password of a database URL, wherever it is given."""
+    from urllib.parse import quote
+
     parsed = make_url(url)
-    values = [parsed.password, parsed.query.get("password")]
-    return [str(v) for v in values if v and isinstance(v, str)]
+    values = [str(v) for v in (parsed.password, parsed.query.get("password")) if v and isinstance(v, str)]
+    return list(dict.fromkeys(values + [quote(v, safe="") for v in values]))  # as written in the URL, too
 
 
 @cache
