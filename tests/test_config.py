@@ -33,6 +33,7 @@ def test_defaults_from_spec(tmp_path: Path) -> None:
     assert (det.stuck_queued_after, det.stuck_queued_repeat, det.long_running_after) == (120, 0, 0)
     assert (det.missing_polls, det.announce_existing) == (1, False)
     assert config.storage.url == "sqlite:///notifier.db" and config.storage.retention == 30 * 86400  # type: ignore[attr-defined]
+    assert config.storage.lease == 15 and src.max_answer_mb == 256 and src.name == "default"  # type: ignore[attr-defined]
     assert config.http is None  # type: ignore[attr-defined]
 
 

@@ -345,6 +345,9 @@ def test_full_disk_turns_health_503_and_the_daemon_rides_it_out(tmp_path: Path, 
         code, body = wait_for(lambda: (r := get(f"http://127.0.0.1:{port}/healthz"))[0] == 503 and r, timeout=30)
         health = json.loads(body)
         assert health["status"] == "store unavailable" and "full" in health["store"], health
+        metrics = get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+        errors = next(line for line in metrics.splitlines() if line.startswith("notifier_store_errors_total "))
+        assert float(errors.split()[1]) >= 1
         time.sleep(11)  # a WAL checkpoint (every 10 s) fails too, and must not kill the process
         assert daemon.proc.poll() is None
         # Blind for longer than unreachable_after (1 s): the targets are told, straight, not via the outbox.

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from notifier.detect import DetectSettings, detect
-from notifier.lease import SAFETY, Lease, LeaseLost, _node, read_leader
+from notifier.lease import SAFETY, Lease, LeaseLost, Term, _node, read_leader
 from notifier.model import Call, Snapshot
 from notifier.store import PollRecord, StaleState, Store
 from tests.test_detect import T0, call, snap
@@ -223,3 +223,76 @@ def test_a_password_in_the_url_is_never_shown() -> None:
         assert url_passwords(url) == ["Secret99"]
         assert "Secret99" not in display_url(url) and "db/x" in display_url(url)
     assert url_passwords("sqlite:///n.db") == []
+
+
+def test_a_deposed_leader_sends_nothing(tmp_path: Path, store: Store) -> None:
+    """Each batch of sends checks the term in the store, and each send the lease by the
+    daemon's own clock: no message leaves a daemon that no longer leads."""
+    import anyio
+
+    from notifier.config import load_config
+    from notifier.outbox import Dispatcher
+    from notifier.route import PlannedDelivery
+    from tests.receivers import Receiver
+
+    with Receiver() as rx:
+        path = tmp_path / "n.toml"
+        path.write_text(
+            f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "{store.url}"\n'
+            f'[targets.crm]\nurl = "{rx.url}"\n[[rules]]\nname = "all"\nevents = ["*"]\ntargets = ["crm"]\n'
+        )
+        config = load_config(path, {})
+        t = detect(store.load_state(), snap(call("a"), call("b")), time.time(), CFG)
+        store.commit_poll(t, [PlannedDelivery("crm", "all", (e.id,)) for e in t.events], PollRecord(T0, 0.0, True))
+
+        def pass_once(fence) -> BaseException | None:  # type: ignore[no-untyped-def]
+            try:
+                anyio.run(Dispatcher(store, config, fence=fence).pass_once)
+            except BaseExceptionGroup as group:
+                return group.exceptions[0]
+            return None
+
+        # Taken over in the store: the batch is refused (the daemon still believes it leads).
+        old, new = Lease(store, 30, "old"), Lease(store, 30, "new")
+        assert old.attempt()
+        old.release()
+        old.term = Term("old", 1)  # what a paused process still holds
+        old._valid_until = time.monotonic() + 30
+        assert new.attempt()
+        assert isinstance(pass_once(old.check), LeaseLost)
+        # Its own clock says the lease may have run out: nothing is sent either.
+        clock = Clock(time.monotonic())
+        lapsed = Lease(store, 2, "lapsed", monotonic=clock)
+        new.release()
+        assert lapsed.attempt()
+        clock.now += 2
+        assert isinstance(pass_once(lapsed.check), LeaseLost)
+        assert rx.received == []
+        # The leader sends.
+        assert lapsed.attempt() and pass_once(lapsed.check) is None  # (its own lease again: a new term)
+        assert len(rx.received) == 2
+
+
+def test_the_leader_renews_three_times_a_lease() -> None:
+    import anyio
+
+    from notifier.lease import keep
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = Store(f"sqlite:///{directory}/n.db")
+        store.upgrade()
+        lease = Lease(store, 1.5, "a")
+        assert lease.attempt()
+        renewed: list[float] = []
+
+        async def ask(fn, timeout: float):  # type: ignore[no-untyped-def]
+            return await anyio.to_thread.run_sync(fn)
+
+        async def main() -> None:
+            with anyio.move_on_after(1.6):
+                await keep(lease, ask, on_renewed=lambda: renewed.append(time.monotonic()))
+
+        anyio.run(main)
+        store.close()
+    assert len(renewed) == 3, renewed  # every lease / 3 = 0.5 s
+    assert lease.held()
