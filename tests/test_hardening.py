@@ -480,3 +480,35 @@ def test_a_wall_clock_set_back_does_not_hold_retries(store_url: str) -> None:
     assert [d.id for d, _ in store.due_deliveries("crm", back, horizon=600)] == [first.id, second.id]
     assert store.due_deliveries("crm", T0 + 1, horizon=600) == []  # in step: a 5-minute backoff is kept
     store.close()
+
+
+def test_the_org_id_echoed_is_masked_too(upstream: Upstream) -> None:
+    org = "org-7f3a9c1d2b4e"
+    upstream.answer = (401, json.dumps({"message": f"org {org} has no access"}).encode(), {})
+    answer = fetch(BlandClient(upstream.url, Secret(KEY), Secret(org), 5.0))
+    assert isinstance(answer, PollError) and org not in answer.reason
+    upstream.answer = (200, json.dumps({"data": None, "errors": [f"bad org {org}"]}).encode(), {})
+    answer = fetch(BlandClient(upstream.url, Secret(KEY), Secret(org), 5.0))
+    assert isinstance(answer, PollError) and org not in answer.reason and "bad org *" in answer.reason
+
+
+def test_skipped_entries_are_counted_per_source_and_said(tmp_path: Path, upstream: Upstream) -> None:
+    from tests.test_service import free_port, get
+
+    upstream.answer = (200, entries(wire_call("ok"), {"call_id": "no-status"}, wire_call("ok")), {})
+    port = free_port()
+    path = write_config(tmp_path, None, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    path.write_text(path.read_text().replace("http://127.0.0.1:9", upstream.url))
+    daemon = DaemonProcess(tmp_path, cli_env(None, tmp_path))
+
+    def skipped() -> float:
+        text = get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+        line = next(
+            (ln for ln in text.splitlines() if ln.startswith('notifier_skipped_entries_total{source="default"}')), ""
+        )
+        return float(line.split()[1]) if line else 0.0
+
+    wait_for(lambda: skipped() >= 4)  # two a poll: the entry without a status and the duplicate
+    assert skipped() % 2 == 0
+    assert daemon.stop() == 0
+    assert "skipped entries of the answer source=default malformed=1 duplicate_call_ids=1" in daemon.log

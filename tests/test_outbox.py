@@ -301,3 +301,14 @@ def test_min_interval_paces_a_target(tmp_path: Path) -> None:
         anyio.run(dispatcher.pass_once)
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
         assert len(arrivals) == 4 and all(gap >= 0.45 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize("status", [201, 202, 204, 299])
+def test_any_2xx_is_success(tmp_path: Path, status: int) -> None:
+    with Receiver(SECRET) as rx:
+        rx.respond(status, reply=b"")
+        config = webhook_config(tmp_path, rx.url)
+        store, _ = seed(config, 1)
+        assert anyio.run(Dispatcher(store, config).pass_once) == 1
+        assert [d.status for d in store.deliveries()] == ["sent"]
+        assert anyio.run(Dispatcher(store, config).pass_once) == 0  # nothing left to send

@@ -56,11 +56,14 @@ def test_event_and_delivery_filters_and_redeliver_from_the_command_line(tmp_path
 
         assert ids() == ["call.appeared:a", "call.appeared:b", "call.started:b"]
         assert ids("--type", "call.started") == ["call.started:b"]
+        assert ids("--type", "call.*") == ids() and ids("--type", "source.*") == []
         assert ids("--call-id", "a") == ["call.appeared:a"]
         assert ids("--limit", "1") == ["call.started:b"]
         assert ids("--since", "1h") == ids() and ids("--since", "1ms") == []
         dead = json.loads(cli("deliveries", "--status", "dead", "--json"))
         assert len(dead) == 3 and all(d["last_error"] for d in dead)
+        newest = json.loads(cli("deliveries", "--limit", "1", "--json"))
+        assert [d["id"] for d in newest] == [dead[-1]["id"]]
         assert json.loads(cli("deliveries", "--status", "pending", "--json")) == []
 
         first = dead[0]["event_id"]
