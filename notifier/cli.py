@@ -14,7 +14,16 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import __version__
-from notifier.config import EX_CONFIG, Config, ConfigError, load_config, load_storage, resolve_path, storage_secrets
+from notifier.config import (
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    StorageConfig,
+    load_config,
+    load_storage,
+    resolve_path,
+    storage_secrets,
+)
 from notifier.durations import format_duration, parse_duration
 from notifier.lease import LeaseHeld
 from notifier.listener import ListenerError
@@ -135,12 +144,17 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
-def _read_store(args: argparse.Namespace) -> Store:
-    """The store for read commands: only [storage] of the config is read (no API key,
-    target secret or credential needs to be present), and nothing is ever created."""
+def _storage(args: argparse.Namespace) -> StorageConfig:
+    """Only [storage] of the config (no API key or target secret needs to be present),
+    with its password registered for masking."""
     storage = load_storage(resolve_path(args.config))
     register_secrets(storage_secrets(storage))
-    store = Store(storage.url, create=False)
+    return storage
+
+
+def _read_store(args: argparse.Namespace) -> Store:
+    """The store for read commands: nothing is ever created."""
+    store = Store(_storage(args).url, create=False)
     try:
         store.require_schema()
     except StoreError:
@@ -407,9 +421,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    storage = load_storage(resolve_path(args.config))
-    register_secrets(storage_secrets(storage))
-    store = Store(storage.url)
+    store = Store(_storage(args).url)
     store.upgrade()
     log.info("database is up to date", extra={"kv": {"database": store.description}})
     store.close()
@@ -417,14 +429,14 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_copy(args: argparse.Namespace) -> int:
-    from notifier.config import StorageConfig, interpolate_url, validate_storage
+    from notifier.config import interpolate_url, validate_storage
     from notifier.store.transfer import copy_store, ensure_quiet
 
-    storage = load_storage(resolve_path(args.config))
+    storage = _storage(args)
     # --to takes ${credential:NAME} and ${NAME} as the config does: no password on the command line.
     destination = StorageConfig(url=interpolate_url(args.to, "--to", "--to", os.environ))
     validate_storage(destination, lambda key, reason: ConfigError("--to", None, reason))
-    register_secrets(storage_secrets(storage) + storage_secrets(destination))
+    register_secrets(storage_secrets(storage) + storage_secrets(destination))  # both, for the output
     source = Store(storage.url, create=False)
     try:
         source.require_schema()

@@ -14,7 +14,6 @@ swap it in between polls, or keep the old one and say why.
 
 from __future__ import annotations
 
-import functools
 import gc
 import signal
 import time
@@ -40,7 +39,7 @@ from notifier.outbox import Dispatcher, send_unrecorded
 from notifier.poller import DETAILS_BUDGET, Cycle, Poller
 from notifier.sdnotify import Notifier, watchdog_interval
 from notifier.store import BUSY_TIMEOUT, Store, StoreError, error_reason
-from notifier.threads import ThreadBudget, call_within
+from notifier.threads import ThreadBudget
 
 T = TypeVar("T")
 DRAIN_TIMEOUT = 10.0
@@ -148,7 +147,7 @@ class Daemon:
 
     async def _ask_store(self, fn: Callable[..., T], *args: object, timeout: float = STORE_TIMEOUT) -> T:
         """A store call off the loop, bounded in time (see ``_store_calls``)."""
-        return await call_within(self._store_calls, max(0.0, timeout), functools.partial(fn, *args))
+        return await self._store_calls.call(fn, *args, timeout=timeout)
 
     def _store_failed(self, exc: Exception) -> None:
         reason = error_reason(exc)
@@ -590,14 +589,10 @@ async def _once(config: Config, env: Mapping[str, str]) -> int:
             info = await anyio.to_thread.run_sync(read_leader, store)
             leader = info.describe() if info is not None else "another daemon"
             raise LeaseHeld(f"{leader} leads (it holds the lease); once did nothing")
-        calls = ThreadBudget(1, "store")
-
-        async def ask(fn: Callable[..., T], *args: object, timeout: float = STORE_TIMEOUT) -> T:
-            return await call_within(calls, max(0.0, timeout), functools.partial(fn, *args))
-
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(keep, lease, ask)  # a long pass (many sends, min_interval) outlives one lease
+                # A long pass (many sends, min_interval) outlives one lease: keep it alive.
+                tg.start_soon(keep, lease, ThreadBudget(1, "store").call)
                 ok = True
                 for name in config.sources:
                     state = await anyio.to_thread.run_sync(store.load_state, name)

@@ -273,7 +273,7 @@ async def keep(
     it may have run out without a renewal (or another daemon holds it); a store that
     fails or does not answer is retried within what the lease has left.
 
-    ``ask(fn, timeout=...)`` runs a store call bounded in time (``threads.call_within``).
+    ``ask(fn, timeout=...)`` runs a store call bounded in time (``ThreadBudget.call``).
     """
     every = lease.duration / 3
     wait = every

@@ -227,11 +227,7 @@ class Dispatcher:
             if not events:
                 outcome = Outcome(ok=False, dead=True, error="its events are no longer stored")
             else:
-                try:
-                    outcome = await channel.send(Message(events=events, rule=rule, attempt_at=at))
-                except Exception as exc:  # a channel bug must not stop the worker
-                    log.exception("channel failed unexpectedly", extra=kv(target=target.name))
-                    outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+                outcome = await _send_guarded(target, channel, Message(events=events, rule=rule, attempt_at=at))
             latency = time.perf_counter() - started
             if outcome.error:  # a receiver may echo the URL's token or the secret: never store them
                 outcome = dataclasses.replace(outcome, error=redact(outcome.error, target.secrets()))
@@ -285,6 +281,16 @@ class Dispatcher:
             log.warning(f"delivery failed; retrying in {retry}", extra=context)
 
 
+async def _send_guarded(target: Target, channel: Channel, message: Message) -> Outcome:
+    """One send; a channel bug is a failed outcome, never an exception that would stop
+    the worker (or the poll loop) that asked."""
+    try:
+        return await channel.send(message)
+    except Exception as exc:
+        log.exception("channel failed unexpectedly", extra=kv(target=target.name))
+        return Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+
+
 async def send_unrecorded(event: Event, config: Config, clock: Callable[[], float] = time.time) -> None:
     """Send an event that cannot be stored (the store itself is failing) straight to the
     targets its rules name: once, without retries, each target within its own deadline.
@@ -294,9 +300,7 @@ async def send_unrecorded(event: Event, config: Config, clock: Callable[[], floa
     async def one(target: Target, rule: Any) -> None:
         channel = make_channel(target)
         try:
-            outcome = await channel.send(Message(events=[event], rule=rule, attempt_at=clock()))
-        except Exception as exc:  # a channel bug must not take the poll loop down
-            outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+            outcome = await _send_guarded(target, channel, Message(events=[event], rule=rule, attempt_at=clock()))
         finally:
             await channel.aclose()
         context = kv(target=target.name, event=event.type, error=outcome.error)

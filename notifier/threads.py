@@ -10,6 +10,7 @@ task limit) is an error of this one call, not of the process.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -92,12 +93,12 @@ class ThreadBudget:
             raise ThreadsExhausted(f"cannot start a thread ({exc})") from None
         return pending
 
-
-async def call_within(budget: ThreadBudget, timeout: float, fn: Callable[[], T]) -> T:
-    """``fn`` in a thread of ``budget``, awaited for at most ``timeout`` seconds."""
-    pending = budget.start(fn)
-    with anyio.move_on_after(timeout):
-        await pending.done.wait()
-    if not pending.finished:
-        raise CallTimeout(f"no answer within {timeout:g}s")
-    return pending.result()
+    async def call(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
+        """``fn(*args)`` in a thread of this budget, awaited for at most ``timeout``
+        seconds (CallTimeout after that; ThreadsExhausted if no thread is to be had)."""
+        pending = self.start(functools.partial(fn, *args))
+        with anyio.move_on_after(max(0.0, timeout)):
+            await pending.done.wait()
+        if not pending.finished:
+            raise CallTimeout(f"no answer within {timeout:g}s")
+        return pending.result()

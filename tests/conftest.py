@@ -8,7 +8,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import settings
@@ -81,6 +81,19 @@ def announce_to(url: str, *, events: str = '"call.appeared"', secret: str | None
         f'[detect]\nannounce_existing = true\n[targets.crm]\nurl = "{url}"\n{signed}{extra}'
         f'[[rules]]\nname = "all"\nevents = [{events}]\ntargets = ["crm"]\n'
     )
+
+
+def crm_config(directory: Path, store_url: str, receiver_url: str) -> Any:
+    """A loaded config that sends every event to webhook target ``crm`` (its source is
+    never polled: for tests that drive the store and the outbox themselves)."""
+    from notifier.config import load_config
+
+    path = directory / "crm.toml"
+    path.write_text(
+        f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "{store_url}"\n'
+        f'[targets.crm]\nurl = "{receiver_url}"\n[[rules]]\nname = "all"\nevents = ["*"]\ntargets = ["crm"]\n'
+    )
+    return load_config(path, {})
 
 
 def cli_env(sim: BlandSimulator | None, directory: Path, **extra: str) -> dict[str, str]:

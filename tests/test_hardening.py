@@ -24,7 +24,7 @@ from notifier.route import PlannedDelivery
 from notifier.secret import Secret
 from notifier.simulator import BlandSimulator, wire_call
 from notifier.store import AttemptRecord, Delivery, PollRecord, Store
-from tests.conftest import DaemonProcess, announce_to, cli_env, run_cli, wait_for, write_config
+from tests.conftest import DaemonProcess, announce_to, cli_env, crm_config, run_cli, wait_for, write_config
 from tests.receivers import Receiver
 from tests.test_detect import T0, call, snap
 
@@ -269,12 +269,7 @@ class FlakyRecords(Store):
 
 def test_a_send_whose_record_fails_is_recorded_later_not_sent_again(tmp_path: Path) -> None:
     with Receiver() as rx:
-        path = tmp_path / "n.toml"
-        path.write_text(
-            f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "sqlite:///{tmp_path}/n.db"\n'
-            f'[targets.crm]\nurl = "{rx.url}"\n[[rules]]\nname = "all"\nevents = ["*"]\ntargets = ["crm"]\n'
-        )
-        config = load_config(path, {})
+        config = crm_config(tmp_path, f"sqlite:///{tmp_path}/n.db", rx.url)
         store = FlakyRecords(config.storage.url)
         store.upgrade()
         t = detect(store.load_state(), snap(call("a")), time.time(), DetectSettings(announce_existing=True))

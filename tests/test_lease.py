@@ -230,18 +230,13 @@ def test_a_deposed_leader_sends_nothing(tmp_path: Path, store: Store) -> None:
     daemon's own clock: no message leaves a daemon that no longer leads."""
     import anyio
 
-    from notifier.config import load_config
     from notifier.outbox import Dispatcher
     from notifier.route import PlannedDelivery
+    from tests.conftest import crm_config
     from tests.receivers import Receiver
 
     with Receiver() as rx:
-        path = tmp_path / "n.toml"
-        path.write_text(
-            f'[source]\napi_key = "k"\norg_id = "o"\n[storage]\nurl = "{store.url}"\n'
-            f'[targets.crm]\nurl = "{rx.url}"\n[[rules]]\nname = "all"\nevents = ["*"]\ntargets = ["crm"]\n'
-        )
-        config = load_config(path, {})
+        config = crm_config(tmp_path, store.url, rx.url)
         t = detect(store.load_state(), snap(call("a"), call("b")), time.time(), CFG)
         store.commit_poll(t, [PlannedDelivery("crm", "all", (e.id,)) for e in t.events], PollRecord(T0, 0.0, True))
 

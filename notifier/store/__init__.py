@@ -227,15 +227,7 @@ class Store:
             row = conn.execute(select(sources).where(sources.c.name == source)).first()
             if row is None:
                 instance = secrets.token_hex(6)
-                conn.execute(
-                    insert(sources).values(
-                        name=source,
-                        instance=instance,
-                        next_seq=1,
-                        state=_json.encode(SourceState()),
-                        timers=_json.encode((0.0, 0.0, 0.0)),
-                    )
-                )
+                _insert_source(conn, source, instance)
                 return DetectState(instance=instance, name=source)
             # Order does not matter: detection orders what it emits by itself.
             loaded = {
@@ -279,11 +271,7 @@ class Store:
                 sql("SELECT next_seq FROM sources WHERE name = ?" + ("" if self._qmark else " FOR UPDATE")), (name,)
             ).scalar()
             if stored is None and transition.base_seq == 1:  # a source's first commit
-                conn.execute(
-                    insert(sources).values(
-                        name=name, instance=state.instance, next_seq=1, state=b"{}", timers=b"[0.0,0.0,0.0]"
-                    )
-                )
+                _insert_source(conn, name, state.instance)
                 stored = 1
             if stored != transition.base_seq:
                 raise StaleState(
@@ -578,6 +566,19 @@ class Store:
     def count(self, table: Any) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _insert_source(conn: Connection, name: str, instance: str) -> None:
+    """A new source's row: numbering from 1, no history."""
+    conn.execute(
+        insert(sources).values(
+            name=name,
+            instance=instance,
+            next_seq=1,
+            state=_json.encode(SourceState()),
+            timers=_json.encode((0.0, 0.0, 0.0)),
+        )
+    )
 
 
 def display_url(url: str) -> str:
