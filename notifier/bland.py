@@ -23,6 +23,7 @@ import msgspec
 
 from notifier import __version__
 from notifier.model import IN_PROGRESS, Call, Snapshot
+from notifier.neterrors import describe
 from notifier.secret import Secret, redact
 from notifier.threads import ThreadBudget, ThreadsExhausted
 
@@ -338,7 +339,7 @@ class BlandClient:
         except httpx.HTTPError as exc:
             if request.expired:
                 raise PollError(f"GET {path}: timed out after {self._timeout:g}s (no complete answer)") from None
-            raise PollError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+            raise PollError(f"GET {path}: {describe(exc)}") from None
 
 
 def request_backstop(timeout: float) -> float:

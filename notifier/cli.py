@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +19,7 @@ from notifier.config import (
     EX_CONFIG,
     Config,
     ConfigError,
+    Credentials,
     StorageConfig,
     load_config,
     load_storage,
@@ -28,9 +30,9 @@ from notifier.durations import format_duration, parse_duration
 from notifier.lease import LeaseHeld
 from notifier.listener import ListenerError
 from notifier.logs import LEVELS, log, register_secrets, scrub, setup_logging
-from notifier.model import Event, iso
+from notifier.model import Event, event_document, iso
 from notifier.route import RuleError, expand_event_patterns
-from notifier.store import Store, StoreError, display_url, error_reason
+from notifier.store import Store, StoreError, StoreLocationError, display_url, error_reason
 
 Handler = Callable[[argparse.Namespace], int]
 EX_TEMPFAIL = 75
@@ -58,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("once", help="one poll and one pass over due deliveries")
     check = commands.add_parser("check", help="validate the config and print targets and rules")
     check.add_argument("file", nargs="?", help="config file to check (overrides --config)")
+    check.add_argument(
+        "--strict", action="store_true", help="a credential that cannot be read here is an error, not a warning"
+    )
 
     ev = commands.add_parser("events", help="list recorded events")
     ev.add_argument("--since", metavar="DURATION", help='only events newer than this, e.g. "1h"')
@@ -128,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenerError as exc:  # an address in use or not permitted is configuration: 78, no restart loop
         print(f"notifier: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except StoreLocationError as exc:  # a directory that does not exist will not appear by restarting
+        print(f"notifier: config error: {scrub(str(exc))}", file=sys.stderr)
+        return EX_CONFIG
     except StoreError as exc:
         print(f"notifier: {scrub(str(exc))}", file=sys.stderr)
         return 1
@@ -138,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _config(args: argparse.Namespace) -> Config:
-    config = load_config(resolve_path(getattr(args, "file", None) or args.config))
+def _config(args: argparse.Namespace, credentials: Credentials | None = None) -> Config:
+    config = load_config(resolve_path(getattr(args, "file", None) or args.config), os.environ, credentials)
     register_secrets(config.secrets())
     return config
 
@@ -180,8 +188,26 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from notifier.channels import describe_target
 
-    config = _config(args)
-    print(f"{config.path}: valid")
+    credentials = Credentials(lenient=not args.strict)
+    config = _config(args, credentials)
+    for why in dict.fromkeys(u.why for u in credentials.unread):
+        names = ", ".join(f"{u.credential} ({u.key})" for u in credentials.unread if u.why == why)
+        print(
+            f"notifier: warning: credentials not read: {why}: {names}; checked without their values "
+            "(--strict makes this an error)",
+            file=sys.stderr,
+        )
+    errors, notes = _host_checks(config)
+    for note in notes:
+        print(f"notifier: warning: {note}", file=sys.stderr)
+    if errors:
+        for error in errors:
+            print(f"notifier: config error: {config.path}: {error}", file=sys.stderr)
+        return EX_CONFIG
+    unread = f", except what {len(credentials.unread)} unread credential(s) hold" if credentials.unread else ""
+    print(f"{config.path}: valid{unread}")
+    if credentials.names:
+        print(f"credentials: {', '.join(credentials.names)} (the unit loads each with LoadCredential=)")
     for source in config.sources.values():
         print(f"source {source.name}: {source.base_url} every {float(source.poll_interval):g}s")
     print(f"storage: {display_url(config.storage.url)} (lease {format_duration(float(config.storage.lease))})")
@@ -197,6 +223,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not config.rules:
         print("  (none: events are recorded but not sent anywhere)")
     return 0
+
+
+def _host_checks(config: Config) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about this host: can the store's directory be written, can
+    the listen address be bound. A relative SQLite path is checked only where it will
+    be: under $STATE_DIRECTORY."""
+    from notifier.listener import probe
+    from notifier.store.sqlite import database_path, location_problem
+
+    errors, notes = [], []
+    if config.storage.url.startswith("sqlite:"):
+        path = database_path(config.storage.url)
+        relative = not Path(config.storage.url.removeprefix("sqlite:///")).is_absolute()
+        if relative and not os.environ.get("STATE_DIRECTORY"):
+            notes.append(
+                f"storage.url: a relative path: the service keeps it in $STATE_DIRECTORY (StateDirectory=); "
+                f"here it would be {path}"
+            )
+        elif problem := location_problem(path):
+            errors.append(f"storage.url: {problem}")
+    if config.http is not None:
+        failed = probe(config.http.listen)
+        if failed is not None and failed.errno == errno.EADDRINUSE:
+            notes.append(f"http.listen: {config.http.listen} is in use now (by a running daemon?)")
+        elif failed is not None:
+            errors.append(f"http.listen: cannot listen on {config.http.listen}: {failed.strerror}")
+    return errors, notes
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -218,13 +271,31 @@ def cmd_events(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode([_event_json(e) for e in found]).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode([event_document(e) for e in found]).decode() + "\n")
         return 0
+    if not found:
+        print("no events match" if since or types or args.call_id or args.source else "no events recorded yet")
+        return 0
+    print(f"{'detected (UTC)':<24}  {'id':<21}  {'type':<20} {'call':<12} detail")
     for event in found:
-        call = event.data.get("call") or {}
-        detail = f"{call.get('to', '')} {call.get('status', '')}".strip() if call else ""
-        print(printable(f"{iso(event.detected_at)}  {event.id}  {event.type:<20} {event.call_id or '-'}  {detail}"))
+        print(
+            printable(
+                f"{iso(event.detected_at)}  {event.id}  {event.type:<20} {event.call_id or '-':<12} {_detail(event)}"
+            )
+        )
+    if args.limit and len(found) == args.limit:
+        print(f"({len(found)} shown, the newest; --limit N for more, --limit 0 for all)")
     return 0
+
+
+def _detail(event: Event) -> str:
+    """The line's tail: where the call goes and what it is now, or the source's trouble."""
+    call = event.data.get("call")
+    if call:
+        return f"{call.get('to') or ''} {call.get('status') or ''}".strip()
+    if event.type == "source.unreachable":
+        return f"{event.data.get('consecutive_failures')} failures: {event.data.get('last_error')}"
+    return ""
 
 
 def _expand_types(patterns: list[str]) -> list[str] | None:
@@ -234,16 +305,6 @@ def _expand_types(patterns: list[str]) -> list[str] | None:
     except RuleError as exc:
         print(f"notifier: --type: {exc.reason}", file=sys.stderr)
         return None
-
-
-def _event_json(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "type": event.type,
-        "detected_at": iso(event.detected_at),
-        "call_id": event.call_id,
-        "data": event.data,
-    }
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
@@ -282,15 +343,22 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         ]
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
         return 0
+    if not found:
+        print(f"no {args.status} deliveries" if args.status else "no deliveries recorded yet")
+        return 0
+    print(f"{'id':>6}  {'status':<7}  {'created (UTC)':<24}  {'target':<12}  {'rule':<20}  {'event':<21}  attempts")
     for d in found:
-        digest = f" (+{d.event_count - 1} more)" if d.event_count > 1 else ""
-        when = f" next {iso(d.next_attempt_at)}" if d.status == "pending" and d.attempts else ""
-        error = f"  last error: {d.last_error}" if d.last_error else ""
+        digest = f" +{d.event_count - 1}" if d.event_count > 1 else ""
+        when = f"; next {iso(d.next_attempt_at)}" if d.status == "pending" and d.attempts else ""
+        error = f"; last error: {d.last_error}" if d.last_error else ""
         print(
             printable(
-                f"{d.id:>6}  {d.status:<7} {d.target:<12} {d.event_id}{digest}  attempts={d.attempts}{when}{error}"
+                f"{d.id:>6}  {d.status:<7}  {iso(d.created_at):<24}  {d.target:<12}  {d.rule or '-':<20}  "
+                f"{d.event_id + digest:<21}  {d.attempts}{when}{error}"
             )
         )
+    if args.limit and len(found) == args.limit:
+        print(f"({len(found)} shown, the newest; --limit N for more, --limit 0 for all)")
     return 0
 
 

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ DEFAULT_PATHS = (Path("notifier.toml"), Path("/etc/bland-notifier/notifier.toml"
 class ConfigError(Exception):
     """A configuration problem, already phrased for the operator."""
 
-    def __init__(self, file: Path | str, key: str | None, reason: str) -> None:
-        self.file, self.key, self.reason = str(file), key, reason
+    def __init__(self, file: Path | str, key: str | None, reason: str, rule: str | None = None) -> None:
+        self.file, self.key, self.reason, self.rule = str(file), key, reason, rule
         where = f"{self.file}: {key}" if key else self.file
-        super().__init__(f"{where}: {reason}")
+        named = f" (rule {rule!r})" if rule else ""
+        super().__init__(f"{where}{named}: {reason}")
 
 
 class _Schema(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -90,6 +91,8 @@ class RuleConfig(_Schema, frozen=True):
     title: str | None = None
     body: str | None = None
     digest_after: int = 5
+    digest_title: str | None = None
+    digest_body: str | None = None
 
 
 class _File(_Schema, frozen=True):
@@ -201,7 +204,9 @@ def load_storage(path: Path, env: Mapping[str, str] = os.environ) -> StorageConf
     if not isinstance(raw, dict):
         raise ConfigError(path, "storage", "must be a table")
     try:
-        storage = msgspec.convert(_interpolate(raw, "storage", path, env), StorageConfig, dec_hook=_decode_custom)
+        storage = msgspec.convert(
+            _Resolver(path, env).interpolate(raw, "storage"), StorageConfig, dec_hook=_decode_custom
+        )
     except msgspec.ValidationError as exc:
         key, reason = _split_msgspec_error(str(exc))
         raise ConfigError(path, _join("storage", key) if key else "storage", reason) from None
@@ -216,77 +221,147 @@ def storage_secrets(storage: StorageConfig) -> list[str]:
     return url_passwords(storage.url)
 
 
-def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+@dataclass(frozen=True)
+class Unread:
+    """A ``${credential:NAME}`` that could not be read here."""
+
+    key: str
+    credential: str
+    why: str
+
+
+@dataclass
+class Credentials:
+    """The credentials a config reads. ``lenient`` (``notifier check`` on a machine
+    without the service's credentials): a missing one stands in as a placeholder and
+    is listed in ``unread``, and the key it is in is validated as far as it can be
+    without it, so a file can be checked where it is written, not only where it runs."""
+
+    lenient: bool = False
+    names: list[str] = field(default_factory=list)
+    unread: list[Unread] = field(default_factory=list)
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ, credentials: Credentials | None = None) -> Config:
     """Read, interpolate, validate. Raises ConfigError; never returns a half-valid config."""
     raw = _read_toml(path)
-    data = _interpolate(raw, "", path, env)
+    credentials = credentials or Credentials()
     try:
-        schema = msgspec.convert(data, _File, dec_hook=_decode_custom)
-    except msgspec.ValidationError as exc:
-        key, reason = _split_msgspec_error(str(exc))
-        raise ConfigError(path, key, reason) from None
-    return _validate(schema, path)
+        data = _Resolver(path, env, credentials).interpolate(raw, "")
+        try:
+            schema = msgspec.convert(data, _File, dec_hook=_decode_custom)
+        except msgspec.ValidationError as exc:
+            key, reason = _split_msgspec_error(str(exc))
+            raise ConfigError(path, _name_targets(key, data), reason) from None
+        return _validate(schema, path, frozenset(u.key for u in credentials.unread))
+    except ConfigError as exc:
+        raise _with_rule_name(exc, raw) from None
+
+
+def _name_targets(key: str | None, data: dict[str, Any]) -> str | None:
+    """msgspec says ``targets[...].secrett`` for a dict entry: find which one."""
+    if not key or not key.startswith("targets[...]"):
+        return key
+    for name, table in (data.get("targets") or {}).items():
+        try:
+            msgspec.convert(table, TargetConfig, dec_hook=_decode_custom)
+        except msgspec.ValidationError:
+            return f"targets.{name}" + key.removeprefix("targets[...]")
+    return key
+
+
+def _with_rule_name(exc: ConfigError, raw: dict[str, Any]) -> ConfigError:
+    """``rules[3].match[0]`` is easier to find with the rule's name beside it."""
+    found = re.match(r"rules\[(\d+)\]", exc.key or "")
+    rules = raw.get("rules")
+    if not found or not isinstance(rules, list) or int(found.group(1)) >= len(rules):
+        return exc
+    rule = rules[int(found.group(1))]
+    name = rule.get("name") if isinstance(rule, dict) else None
+    if not isinstance(name, str) or exc.rule:
+        return exc
+    return ConfigError(exc.file, exc.key, exc.reason, rule=name)
 
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+#: What a credential ``check`` cannot read stands for while the rest is validated.
+PLACEHOLDER = "unchecked-credential"
 
 
-def _interpolate(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _interpolate(v, _join(key, k), path, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, f"{key}[{i}]", path, env) for i, v in enumerate(value)]
-    if isinstance(value, str) and "${" in value:
-        if key == "storage.url":
-            return interpolate_url(value, key, path, env)
-        return _REF.sub(lambda m: _resolve_ref(m, key, path, env), value)
-    return value
+@dataclass
+class _Resolver:
+    """``${NAME}`` from the environment, ``${credential:NAME}`` from
+    ``$CREDENTIALS_DIRECTORY``, ``$${`` as ``${``."""
+
+    path: Path
+    env: Mapping[str, str]
+    credentials: Credentials = field(default_factory=Credentials)
+
+    def interpolate(self, value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: self.interpolate(v, _join(key, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            if key == "storage.url":
+                return self.url(value, key)
+            return _REF.sub(lambda m: self.resolve(m, key), value)
+        return value
+
+    def url(self, url: str, key: str) -> str:
+        """A database URL's references, where a value in the user-info part (a password
+        from a credential, typically) is percent-encoded: ``p@ss:w/rd`` must not be read
+        as another host or port. Elsewhere values go in as they are (a whole URL from
+        the environment stays whole)."""
+        scheme, sep, rest = url.partition("://")
+        userinfo, at, location = rest.rpartition("@")
+        if not sep or not at:
+            return _REF.sub(lambda m: self.resolve(m, key), url)
+
+        def quoted(match: re.Match[str]) -> str:
+            value = self.resolve(match, key)
+            return value if match.group(0) == "$${" else quote(value, safe="")
+
+        return f"{scheme}://{_REF.sub(quoted, userinfo)}@" + _REF.sub(lambda m: self.resolve(m, key), location)
+
+    def resolve(self, match: re.Match[str], key: str) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name = match.group(1)
+        if name.startswith("credential:"):
+            return self.credential(name.removeprefix("credential:"), key)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(self.path, key, f"invalid reference ${{{name}}}; write ${{NAME}} or ${{credential:NAME}}")
+        if name not in self.env:
+            raise ConfigError(self.path, key, f"environment variable {name} is not set")
+        return self.env[name]
+
+    def credential(self, name: str, key: str) -> str:
+        if not name or "/" in name or name in (".", ".."):
+            raise ConfigError(self.path, key, f"invalid credential name {name!r}")
+        if name not in self.credentials.names:
+            self.credentials.names.append(name)
+        directory = self.env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            why = "$CREDENTIALS_DIRECTORY is not set (systemd LoadCredential= sets it)"
+        else:
+            try:
+                return (Path(directory) / name).read_text(encoding="utf-8").strip()
+            except OSError:
+                why = f"{name!r} is not in $CREDENTIALS_DIRECTORY ({directory})"
+        if not self.credentials.lenient:
+            raise ConfigError(self.path, key, f"${{credential:{name}}}: {why}")
+        self.credentials.unread.append(Unread(key, name, why))
+        return PLACEHOLDER
 
 
 def interpolate_url(url: str, key: str, path: Path | str, env: Mapping[str, str]) -> str:
-    """A database URL's references, where a value in the user-info part (a password from
-    a credential, typically) is percent-encoded: ``p@ss:w/rd`` must not be read as
-    another host or port. Elsewhere values go in as they are (a whole URL from the
-    environment stays whole)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, location = rest.rpartition("@")
-    if not sep or not at:
-        return _REF.sub(lambda m: _resolve_ref(m, key, Path(path), env), url)
-
-    def quoted(match: re.Match[str]) -> str:
-        value = _resolve_ref(match, key, Path(path), env)
-        return value if match.group(0) == "$${" else quote(value, safe="")
-
-    user_part = _REF.sub(quoted, userinfo)
-    return f"{scheme}://{user_part}@" + _REF.sub(lambda m: _resolve_ref(m, key, Path(path), env), location)
+    """A database URL given outside the config (``db copy --to``), read as the config's."""
+    return _Resolver(Path(path), env).url(url, key)
 
 
 def _join(parent: str, child: str) -> str:
     return f"{parent}.{child}" if parent else child
-
-
-def _resolve_ref(match: re.Match[str], key: str, path: Path, env: Mapping[str, str]) -> str:
-    if match.group(0) == "$${":
-        return "${"
-    name = match.group(1)
-    if name.startswith("credential:"):
-        cred = name.removeprefix("credential:")
-        directory = env.get("CREDENTIALS_DIRECTORY")
-        if not cred or "/" in cred or cred in (".", ".."):
-            raise ConfigError(path, key, f"invalid credential name {cred!r}")
-        if not directory:
-            raise ConfigError(
-                path, key, f"${{credential:{cred}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
-            )
-        try:
-            return (Path(directory) / cred).read_text(encoding="utf-8").strip()
-        except OSError:
-            raise ConfigError(path, key, f"credential {cred!r} not found in $CREDENTIALS_DIRECTORY") from None
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ConfigError(path, key, f"invalid reference ${{{name}}}; write ${{NAME}} or ${{credential:NAME}}")
-    if name not in env:
-        raise ConfigError(path, key, f"environment variable {name} is not set")
-    return env[name]
 
 
 def _decode_custom(type_: type, value: Any) -> Any:
@@ -317,7 +392,7 @@ def _split_msgspec_error(message: str) -> tuple[str | None, str]:
     return key or None, reason[:1].lower() + reason[1:]
 
 
-def _validate(schema: _File, path: Path) -> Config:
+def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
     def fail(key: str, reason: str) -> ConfigError:
         return ConfigError(path, key, reason)
 
@@ -329,7 +404,7 @@ def _validate(schema: _File, path: Path) -> Config:
     if schema.http is not None:
         _validate_listen(schema.http.listen, fail)
 
-    targets = {name: _target(name, cfg, fail) for name, cfg in schema.targets.items()}
+    targets = {name: _target(name, cfg, fail, unread) for name, cfg in schema.targets.items()}
     rules = []
     names: set[str] = set()
     for index, rule in enumerate(schema.rules):
@@ -352,6 +427,8 @@ def _validate(schema: _File, path: Path) -> Config:
                 title=rule.title,
                 body=rule.body,
                 digest_after=rule.digest_after,
+                digest_title=rule.digest_title,
+                digest_body=rule.digest_body,
             )
         except RuleError as exc:
             raise fail(f"{key}.{exc.key}", exc.reason) from None
@@ -440,26 +517,26 @@ def _validate_listen(listen: str, fail: Any) -> None:
         raise fail("http.listen", f"expected HOST:PORT, got {listen!r}")
 
 
-def _target(name: str, cfg: TargetConfig, fail: Any) -> Target:
+def _target(name: str, cfg: TargetConfig, fail: Any, unread: frozenset[str]) -> Target:
     key = f"targets.{name}"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise fail(key, "target names may use letters, digits, '_', '-' and '.'")
     url = cfg.url.reveal().strip()
     kind = "webhook" if re.match(r"^https?://", url, re.IGNORECASE) else "apprise"
     if kind == "webhook":
-        if cfg.secret is not None:
+        if cfg.secret is not None and f"{key}.secret" not in unread:
             _validate_webhook_secret(cfg.secret, f"{key}.secret", fail)
     else:
         if cfg.secret is not None:
             raise fail(f"{key}.secret", "only webhook (http/https) targets are signed")
-        from notifier.channels.apprise import validate_url
+        from notifier.channels.apprise import validate_scheme, validate_url
 
-        problem = validate_url(url)
+        problem = validate_scheme(url) if f"{key}.url" in unread else validate_url(url)
         if problem:
             raise fail(f"{key}.url", problem)
-    for field in ("timeout", "retry_initial", "retry_max", "give_up_after"):
-        if getattr(cfg, field) <= 0:
-            raise fail(f"{key}.{field}", "must be more than 0s")
+    for duration in ("timeout", "retry_initial", "retry_max", "give_up_after"):
+        if getattr(cfg, duration) <= 0:
+            raise fail(f"{key}.{duration}", "must be more than 0s")
     if cfg.retry_max < cfg.retry_initial:
         raise fail(f"{key}.retry_max", "must not be less than retry_initial")
     default_interval = 1.0 if kind == "apprise" else 0.0

@@ -82,6 +82,19 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
     return 0
 
 
+#: The words the cards use, in the order a call lives them.
+_WORDS = {
+    "call.appeared": "appeared",
+    "call.started": "started",
+    "call.status_changed": "changed status",
+    "call.stuck_queued": "stuck in queue",
+    "call.long_running": "running long",
+    "call.disappeared": "ended",
+    "source.unreachable": "API unreachable",
+    "source.recovered": "API reachable",
+}
+
+
 def _summary(url: str, env: dict[str, str]) -> None:
     store = Store(url, env)
     try:
@@ -90,6 +103,6 @@ def _summary(url: str, env: dict[str, str]) -> None:
     finally:
         store.close()
     print("\nSummary", file=sys.stdout)
-    for event_type, count in sorted(events.items()):
-        print(f"  {event_type:<22}{count:>5}")
+    for event_type, count in sorted(events.items(), key=lambda item: list(_WORDS).index(item[0])):
+        print(f"  {_WORDS[event_type]:<16}{count:>5}   ({event_type})")
     print(f"  deliveries: {', '.join(f'{n} {s}' for s, n in sorted(deliveries.items())) or 'none'}", flush=True)

@@ -93,6 +93,9 @@ class _Emitter:
         self._payloads: dict[int, dict[str, Any]] = {}  # a call's payload, shared by its events
 
     def emit(self, type_: str, data: dict[str, Any], call: Call | None = None) -> None:
+        for key, value in data.items():  # a duration in milliseconds, not 0.7890000343322754
+            if key.endswith("_seconds") and isinstance(value, float):
+                data[key] = round(value, 3)
         if call is not None:
             payload = self._payloads.get(id(call))
             if payload is None:

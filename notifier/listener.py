@@ -6,6 +6,7 @@ wait for the event loop, and a hung loop still answers (the watchdog handles tha
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,20 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def probe(listen: str) -> OSError | None:
+    """Whether ``listen`` could be bound now (for ``check``): bound and let go at once."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            sock.bind((host, int(port)))
+    except OSError as exc:
+        return exc
+    return None
 
 
 class Listener:

@@ -105,6 +105,12 @@ class Event(msgspec.Struct, frozen=True):
     call_id: str | None = None
 
 
+def event_document(event: Event) -> dict[str, Any]:
+    """An event as everything outside shows it (webhook bodies, ``events --json``):
+    ``{"type", "timestamp", "data": {"id", ...event data...}}``, as SPEC fixes it."""
+    return {"type": event.type, "timestamp": iso(event.detected_at), "data": {"id": event.id, **event.data}}
+
+
 _EPOCH = datetime(1970, 1, 1)
 #: The range of times a ``datetime`` can show, in epoch seconds and milliseconds.
 _YEAR_1_S = -62_135_596_800

@@ -125,6 +125,8 @@ class Rule:
     title: str | None = None
     body: str | None = None
     digest_after: int = 5
+    digest_title: str | None = None
+    digest_body: str | None = None
     _types: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +148,8 @@ def compile_rule(
     title: str | None = None,
     body: str | None = None,
     digest_after: int = 5,
+    digest_title: str | None = None,
+    digest_body: str | None = None,
 ) -> Rule:
     """Validate and compile one ``[[rules]]`` entry; errors carry the key below the rule."""
     if not events:
@@ -167,7 +171,7 @@ def compile_rule(
         matchers.append(matcher)
     if digest_after < 0:
         raise RuleError("digest_after", "must be 0 (off) or more")
-    return Rule(name, types, tuple(matchers), tuple(targets), title, body, digest_after)
+    return Rule(name, types, tuple(matchers), tuple(targets), title, body, digest_after, digest_title, digest_body)
 
 
 def _text(value: Any) -> str:

@@ -33,11 +33,10 @@ DEFAULT_TITLES = {
     "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
     "notifier.test": "bland-notifier test notification",
 }
+_CALL_ID_LINES = "Objective: {{ call.objective | shorten(160) }}\nCall ID: {{ call.call_id }}"
 _CALL_LINES = (
     "To: {{ call.to }}  From: {{ call.from }}\n"
-    "Status: {{ call.status }}{% if call.international %}  (international){% endif %}\n"
-    "Objective: {{ call.objective | shorten(160) }}\n"
-    "Call ID: {{ call.call_id }}"
+    "Status: {{ call.status }}{% if call.international %}  (international){% endif %}\n" + _CALL_ID_LINES
 )
 DEFAULT_BODIES = {
     "call.appeared": _CALL_LINES,
@@ -47,12 +46,15 @@ DEFAULT_BODIES = {
     "call.stuck_queued": "Queued {{ event.queued_for_seconds | duration }} "
     "(threshold {{ event.threshold_seconds | duration }})\n" + _CALL_LINES,
     "call.long_running": "In progress {{ event.in_progress_for_seconds | duration }}\n" + _CALL_LINES,
-    "call.disappeared": "Last status {{ event.last_status }}, observed {{ event.observed_seconds | duration }}"
-    "{% if not event.was_started %}, never started{% endif %}"
-    "{% if event.was_stuck %}, was stuck{% endif %}"
-    "{% if event.outcome %}\nOutcome: {{ event.outcome.status }}"
-    "{% if event.outcome.call_length is not none %}, {{ event.outcome.call_length }} min{% endif %}"
-    "{% if event.outcome.error_message %}, {{ event.outcome.error_message }}{% endif %}{% endif %}\n" + _CALL_LINES,
+    # An ended call's status is its outcome (from the call's details), not the last one seen.
+    "call.disappeared": "{% set outcome = event.outcome or {} %}"
+    "Outcome: {{ outcome.status or 'unknown (fetch_details = true asks Bland)' }}"
+    "{% if outcome.call_length is number %}, call length {{ (outcome.call_length * 60) | duration }}{% endif %}"
+    "{% if outcome.error_message %}, {{ outcome.error_message }}{% endif %}\n"
+    "Last seen {{ event.last_status }}{% if not event.was_started %}, never started{% endif %}"
+    "{% if event.was_stuck %}, was stuck{% endif %}; watched for {{ event.observed_seconds | duration }}\n"
+    "To: {{ call.to }}  From: {{ call.from }}{% if call.international %}  (international){% endif %}\n"
+    + _CALL_ID_LINES,
     "source.unreachable": "{{ event.consecutive_failures }} polls failed since {{ event.since }}.\n"
     "Last error: {{ event.last_error }}",
     "source.recovered": "Polling works again; the API was unreachable for {{ event.downtime_seconds | duration }}.",
@@ -163,17 +165,28 @@ def render(rule: Rule | None, event: Event, fmt: str = TEXT) -> tuple[str, str]:
     """
     default_title = DEFAULT_TITLES.get(event.type, "{{ event.type }}")
     default_body = DEFAULT_BODIES.get(event.type, "")
-    context = template_context(event)
-    title_src = (rule.title if rule and rule.title else None) or default_title
-    body_src = (rule.body if rule and rule.body else None) or default_body
+    chosen = (rule.title if rule else None, rule.body if rule else None)
+    return _render(rule, chosen, (default_title, default_body), template_context(event), fmt)
+
+
+def _render(
+    rule: Rule | None,
+    chosen: tuple[str | None, str | None],
+    defaults: tuple[str, str],
+    context: dict[str, Any],
+    fmt: str,
+) -> tuple[str, str]:
+    """(title, body) from the rule's templates, falling back to the defaults (with a
+    note in the body) when the rule's fail on this data."""
+    title_src, body_src = chosen[0] or defaults[0], chosen[1] or defaults[1]
     try:
         title = _compile(title_src, fmt).render(context)
         body = _compile(body_src, fmt).render(context)
     except RENDER_ERRORS as exc:
-        if title_src == default_title and body_src == default_body:
+        if (title_src, body_src) == defaults:
             raise
-        title = _compile(default_title, fmt).render(context)
-        body = _compile(default_body, fmt).render(context)
+        title = _compile(defaults[0], fmt).render(context)
+        body = _compile(defaults[1], fmt).render(context)
         escape = _ESCAPES[fmt]
         name = escape(rule.name) if rule else ""
         note = f"(the template of rule {name} failed on this event: {escape(f'{type(exc).__name__}: {exc}')}; "
@@ -182,25 +195,39 @@ def render(rule: Rule | None, event: Event, fmt: str = TEXT) -> tuple[str, str]:
 
 
 DIGEST_LINES = 20
+#: A digest's defaults: what the rule is about, the counts, one line per event (its
+#: title, as the rule would have sent it alone), the first DIGEST_LINES of them.
+DEFAULT_DIGEST_TITLE = (
+    "{{ rule }}: {% for type, n in counts.items() %}{{ n }} {{ type }}{{ ', ' if not loop.last }}{% endfor %}"
+)
+DEFAULT_DIGEST_BODY = (
+    "{% for title in titles[:" + str(DIGEST_LINES) + "] %}• {{ title }}\n{% endfor %}"
+    "{% if titles | length > "
+    + str(DIGEST_LINES)
+    + " %}… and {{ titles | length - "
+    + str(DIGEST_LINES)
+    + " }} more{% endif %}"
+)
 
 
-def render_digest(rule: Rule | None, events: list[Event], fmt: str = TEXT) -> tuple[str, str]:
-    """One message for many events of one poll: counts by type, the first calls, "and N more"."""
-    escape = _ESCAPES[fmt]
+def digest_context(rule: Rule | None, events: list[Event]) -> dict[str, Any]:
+    """What digest templates see: ``events`` (each as a single event's template sees
+    it), ``counts`` by type, ``titles`` (each event's title), ``rule`` (its name)."""
     counts: dict[str, int] = {}
     for event in events:
         counts[event.type] = counts.get(event.type, 0) + 1
-    summary = ", ".join(f"{n} {t}" for t, n in counts.items())
-    name = f" ({escape(rule.name)})" if rule else ""
-    title = f"{len(events)} call events{name}: {summary}"
-    lines = []
-    for event in events[:DIGEST_LINES]:
-        call = event.data.get("call") or {}
-        who = escape(f"{call.get('to', '')} {call.get('status', '')}".strip()) if call else ""
-        lines.append(f"• {event.type} {escape(event.call_id or '')} {who}".rstrip())
-    if len(events) > DIGEST_LINES:
-        lines.append(f"… and {len(events) - DIGEST_LINES} more")
-    return title, "\n".join(lines)
+    return {
+        "rule": rule.name if rule else "bland-notifier",
+        "events": [template_context(event) for event in events],
+        "counts": counts,
+        "titles": [render(rule, event, TEXT)[0] for event in events],
+    }
+
+
+def render_digest(rule: Rule | None, events: list[Event], fmt: str = TEXT) -> tuple[str, str]:
+    """One message for many events of one poll (``digest_title``/``digest_body``)."""
+    chosen = (rule.digest_title if rule else None, rule.digest_body if rule else None)
+    return _render(rule, chosen, (DEFAULT_DIGEST_TITLE, DEFAULT_DIGEST_BODY), digest_context(rule, events), fmt)
 
 
 _SAMPLE_CALL = Call(
@@ -275,21 +302,47 @@ def sample_event(event_type: str, nulls: bool = False) -> Event:
     )
 
 
+def _undefined(exc: UndefinedError, context: dict[str, Any]) -> str:
+    """Jinja's "'dict object' has no attribute 'too'", with what there is instead."""
+    missing = re.search(r"has no attribute '([^']*)'", exc.message or "")
+    known = "; ".join(f"{name} has {', '.join(fields)}" for name, fields in context.items())
+    if missing:
+        return f"no field {missing.group(1)!r} ({known})"
+    return f"{exc.message} (the names are {', '.join(context)})"
+
+
 def check_rule_templates(rule: Rule) -> None:
-    """Render the rule's templates against a sample of each type it listens to."""
+    """Render the rule's templates against a sample of each type it listens to (and
+    its digest templates against a digest of all of them)."""
     for key, source in (("title", rule.title), ("body", rule.body)):
         if not source:
             continue
-        try:
-            _compile(source, TEXT)
-        except TemplateError as exc:
-            raise TemplateProblem(key, f"template does not compile: {exc}") from None
+        _compiled(key, source)
         for event_type in rule.event_types:
             for nulls in (False, True):
                 when = f"for {event_type}" + (" with its unknown values null" if nulls else "")
-                try:
-                    _compile(source, TEXT).render(template_context(sample_event(event_type, nulls)))
-                except UndefinedError as exc:
-                    raise TemplateProblem(key, f"{when}: {exc.message}") from None
-                except RENDER_ERRORS as exc:
-                    raise TemplateProblem(key, f"{when}: {type(exc).__name__}: {exc}") from None
+                _try(key, source, when, template_context(sample_event(event_type, nulls)))
+    for key, source in (("digest_title", rule.digest_title), ("digest_body", rule.digest_body)):
+        if not source:
+            continue
+        _compiled(key, source)
+        for nulls in (False, True):
+            samples = [sample_event(event_type, nulls) for event_type in rule.event_types]
+            when = f"for a digest of {', '.join(rule.event_types)}" + (" with unknown values null" if nulls else "")
+            _try(key, source, when, digest_context(rule, samples))
+
+
+def _compiled(key: str, source: str) -> None:
+    try:
+        _compile(source, TEXT)
+    except TemplateError as exc:
+        raise TemplateProblem(key, f"template does not compile: {exc}") from None
+
+
+def _try(key: str, source: str, when: str, context: dict[str, Any]) -> None:
+    try:
+        _compile(source, TEXT).render(context)
+    except UndefinedError as exc:
+        raise TemplateProblem(key, f"{when}: {_undefined(exc, context)}") from None
+    except RENDER_ERRORS as exc:
+        raise TemplateProblem(key, f"{when}: {type(exc).__name__}: {exc}") from None

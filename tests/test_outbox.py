@@ -264,8 +264,9 @@ def test_digest_for_apprise_targets_only(tmp_path: Path, capsys: pytest.CaptureF
         assert len([d for d in deliveries if d.target == "crm"]) == 25
         anyio.run(Dispatcher(store, config).pass_once)
         out = capsys.readouterr().out
-        assert "25 call events (everything): 25 call.appeared" in out
-        assert "… and 5 more" in out and out.count("• call.appeared") == 20
+        assert "everything: 25 call.appeared\n" in out  # the rule and the counts
+        assert "… and 5 more" in out and out.count("appeared (QUEUED)") == 20  # each line: the event's title
+        assert "• Call c0 to +13105550000 appeared (QUEUED)" in out
 
 
 def test_one_event_reaches_a_target_once_even_with_two_rules(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_event_and_delivery_filters_and_redeliver_from_the_command_line(tmp_path
             return result.stdout
 
         def ids(*args: str) -> list[str]:
-            return [e["type"] + ":" + (e["call_id"] or "") for e in json.loads(cli("events", "--json", *args))]
+            return [e["type"] + ":" + e["data"]["call"]["call_id"] for e in json.loads(cli("events", "--json", *args))]
 
         assert ids() == ["call.appeared:a", "call.appeared:b", "call.started:b"]
         assert ids("--type", "call.started") == ["call.started:b"]

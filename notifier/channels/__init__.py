@@ -53,7 +53,7 @@ def describe_target(target: Target) -> str:
     if target.kind == "apprise":
         from notifier.channels.apprise import private_url
 
-        return private_url(url).split("?", 1)[0]  # Apprise's option list is noise here
+        return private_url(url)
     parts = urlsplit(url)
     netloc = parts.hostname or ""
     if parts.port:

@@ -10,7 +10,11 @@ holds a thread that another target needs.
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs, urlsplit
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import apprise
@@ -30,6 +34,7 @@ _NOTIFY_TYPES = {
     "call.long_running": NotifyType.WARNING,
     "source.unreachable": NotifyType.FAILURE,
 }
+_URL_PARTS = re.compile(r"[/:@?&=,]")
 #: Sends of one target that may hang at once (the one in progress and abandoned ones).
 _THREADS_PER_TARGET = 3
 _TRUNCATED = "\n… (truncated)"
@@ -42,15 +47,43 @@ def _asset() -> apprise.AppriseAsset:
     return apprise.AppriseAsset(async_mode=False, service_timeout=0)
 
 
+class _Quiet(logging.Filter):
+    """Apprise logs its own complaints about a URL it cannot parse (with the URL's
+    tokens in them) before ours says the same in one line; while this thread builds a
+    notifier, they are dropped."""
+
+    active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "on", False)
+
+
+logging.getLogger("apprise").addFilter(_Quiet())
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    _Quiet.active.on = True
+    try:
+        yield
+    finally:
+        _Quiet.active.on = False
+
+
 def _instantiate(url: str) -> apprise.plugins.NotifyBase | None:
     from notifier.channels import console  # noqa: F401  (registers console://)
 
-    return apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=True)
+    with _quiet():
+        return apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=True)
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else ""
 
 
 def validate_url(url: str) -> str | None:
     """None if Apprise can build a notifier for ``url``, else a reason without the URL."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
+    scheme = _scheme(url)
     if not scheme:
         return "not a URL: expected an http(s) webhook URL or an Apprise URL such as slack://..."
     if _instantiate(url) is None:
@@ -58,12 +91,33 @@ def validate_url(url: str) -> str | None:
     return None
 
 
+def validate_scheme(url: str) -> str | None:
+    """What can be checked of a URL whose parts hold a credential not readable here."""
+    from apprise.manager_plugins import NotificationManager
+
+    from notifier.channels import console  # noqa: F401  (registers console://)
+
+    scheme = _scheme(url)
+    if not scheme:
+        return "not a URL: expected an http(s) webhook URL or an Apprise URL such as slack://..."
+    if scheme.lower() not in NotificationManager():
+        return f"Apprise has no {scheme}:// service"
+    return None
+
+
 def private_url(url: str) -> str:
-    """Apprise's own privacy rendering of a URL (tokens and passwords masked)."""
+    """The URL as written, with what Apprise's privacy mode hides (tokens, passwords)
+    masked: Apprise's own rendering rebuilds the URL in its canonical form, without
+    the port and options the operator wrote, and with a dozen of its defaults."""
     instance = _instantiate(url)
     if instance is None:
         return url.split("://", 1)[0] + "://" + MASK
-    return str(instance.url(privacy=True))
+    hidden = set(_URL_PARTS.split(instance.url(privacy=False))) - set(_URL_PARTS.split(instance.url(privacy=True)))
+    masked = url
+    for value in sorted((v for v in hidden if len(v) >= 3), key=len, reverse=True):
+        for form in {value, unquote(value)}:
+            masked = masked.replace(form, MASK)
+    return masked
 
 
 def _format_for(instance: apprise.plugins.NotifyBase) -> tuple[str, NotifyFormat]:

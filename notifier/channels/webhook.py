@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
 
 import anyio
 import httpx
@@ -19,20 +18,15 @@ import msgspec
 from notifier.bland import USER_AGENT, retry_after_seconds
 from notifier.channels import Message, Outcome
 from notifier.config import Target
-from notifier.model import Event, iso
+from notifier.model import Event, event_document
+from notifier.neterrors import describe
 from notifier.secret import redact
 
 _encoder = msgspec.json.Encoder()
 
 
 def webhook_body(event: Event) -> bytes:
-    """SPEC: ``{"type", "timestamp", "data": {"id", ...event data...}}``."""
-    payload: dict[str, Any] = {
-        "type": event.type,
-        "timestamp": iso(event.detected_at),
-        "data": {"id": event.id, **event.data},
-    }
-    return _encoder.encode(payload)
+    return _encoder.encode(event_document(event))
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -70,7 +64,7 @@ class WebhookChannel:
             except httpx.TimeoutException:
                 return Outcome(ok=False, error=f"timed out after {self.target.timeout:g}s")
             except httpx.HTTPError as exc:
-                return Outcome(ok=False, error=self._safe(f"{type(exc).__name__}: {exc}"))
+                return Outcome(ok=False, error=self._safe(describe(exc)))
             return self._outcome(response)
         return Outcome(ok=False, error=f"timed out after {self.target.timeout:g}s (no complete answer)")
 

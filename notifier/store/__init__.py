@@ -68,6 +68,11 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says what to do."""
 
 
+class StoreLocationError(StoreError):
+    """``storage.url`` names a place this user cannot keep a database: configuration,
+    which restarting will not cure (exit 78)."""
+
+
 class StaleState(StoreError):
     """A poll did not continue the stored state: another writer committed in between.
     Nothing of the poll was kept; the caller reloads the state from the store."""
@@ -143,6 +148,9 @@ class Store:
                 raise StoreError(str(exc)) from None
             if not create and not self.path.exists():
                 raise StoreError(f"no database at {self.path}")
+            problem = sqlite.location_problem(self.path) if create else None
+            if problem:
+                raise StoreLocationError(f"storage.url: {problem}")
             try:
                 sqlite.check_header(self.path)
             except sqlite.PathError as exc:

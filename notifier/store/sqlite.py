@@ -57,9 +57,21 @@ def is_damaged(exc: BaseException) -> bool:
     return isinstance(orig, sqlite3.DatabaseError) and not isinstance(orig, sqlite3.OperationalError)
 
 
+def location_problem(path: Path) -> str | None:
+    """Why this user cannot keep a database at ``path``, if it cannot. Said before
+    anything is created: a directory that does not exist is a mistake in the config
+    (created silently, as root, it would be one the service cannot write)."""
+    directory = path.parent
+    if not directory.is_dir():
+        return f"the directory {directory} does not exist (create it; under systemd, StateDirectory= does)"
+    for needed, mode in ((path, os.R_OK | os.W_OK), (directory, os.W_OK | os.X_OK)):
+        if needed.exists() and not os.access(needed, mode):
+            return f"{needed} is not writable by this user (uid {os.geteuid()})"
+    return None
+
+
 def create_private(path: Path) -> None:
     """Create the database file 0600 before SQLite does; its -wal/-shm inherit the mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
 
