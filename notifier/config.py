@@ -172,6 +172,29 @@ class Config:
         return frozenset(name for name, target in self.targets.items() if target.kind == "apprise")
 
 
+def changes(old: Config, new: Config) -> dict[str, str]:
+    """What a reload changed, by name (``rules_added="night shift"``), for the log line
+    that says so: a count of rules says nothing about which one a typo broke."""
+    found: dict[str, str] = {}
+    sections: dict[str, tuple[Mapping[str, object], Mapping[str, object]]] = {
+        "sources": (old.sources, new.sources),
+        "targets": (old.targets, new.targets),
+        "rules": ({r.name: r for r in old.rules}, {r.name: r for r in new.rules}),
+    }
+    for section, (before, after) in sections.items():
+        for verb, names in (
+            ("added", [n for n in after if n not in before]),
+            ("removed", [n for n in before if n not in after]),
+            ("changed", [n for n in after if n in before and after[n] != before[n]]),
+        ):
+            if names:
+                found[f"{section}_{verb}"] = ",".join(names)
+    for section in ("detect", "http"):
+        if getattr(old, section) != getattr(new, section):
+            found[f"{section}_changed"] = "yes"
+    return found
+
+
 def resolve_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
     """SPEC order: ``--config``, ``$NOTIFIER_CONFIG``, ``./notifier.toml``, /etc."""
     if explicit:

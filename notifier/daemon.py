@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.bland import BlandClient, request_backstop
-from notifier.config import Config, ConfigError, SourceConfig, load_config
+from notifier.config import Config, ConfigError, SourceConfig, changes, load_config
 from notifier.detect import DetectState
 from notifier.durations import format_duration
 from notifier.lease import STORE_TROUBLE, Lease, LeaseHeld, LeaseLost, keep, read_leader
@@ -519,7 +519,8 @@ class Daemon:
                 await self.dispatcher.retire_removed_targets()
         if new.http != old.http:
             log.warning("[http] changes take effect at the next restart")
-        log.info("reloaded", extra=kv(sources=len(new.sources), rules=len(new.rules), targets=len(new.targets)))
+        changed = changes(old, new)
+        log.info("reloaded" if changed else "reloaded; nothing changed", extra=kv(**changed))
 
     async def _watchdog(self, interval: float) -> None:
         # Past the longest a working poll can take (its request, the details budget, a

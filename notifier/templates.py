@@ -305,10 +305,16 @@ def sample_event(event_type: str, nulls: bool = False) -> Event:
 def _undefined(exc: UndefinedError, context: dict[str, Any]) -> str:
     """Jinja's "'dict object' has no attribute 'too'", with what there is instead."""
     missing = re.search(r"has no attribute '([^']*)'", exc.message or "")
-    known = "; ".join(f"{name} has {', '.join(fields)}" for name, fields in context.items())
-    if missing:
-        return f"no field {missing.group(1)!r} ({known})"
-    return f"{exc.message} (the names are {', '.join(context)})"
+    if not missing:
+        return f"{exc.message} (the names are {', '.join(context)})"
+    known = []
+    for name, value in context.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            inner = ", ".join(f"{key}.{{{', '.join(sub)}}}" for key, sub in value[0].items() if isinstance(sub, dict))
+            known.append(f"each of {name} has {inner}")
+        elif isinstance(value, dict) and name != "counts":
+            known.append(f"{name} has {', '.join(value)}")
+    return f"no field {missing.group(1)!r} ({'; '.join(known)})"
 
 
 def check_rule_templates(rule: Rule) -> None:

@@ -570,3 +570,11 @@ def test_the_events_of_one_call_share_one_payload() -> None:
     a_appeared, a_started, b_appeared, b_started = t.events
     assert a_appeared.data["call"] is a_started.data["call"] and b_appeared.data["call"] is b_started.data["call"]
     assert a_appeared.data["call"]["call_id"] == "a" and b_appeared.data["call"]["call_id"] == "b"
+
+
+def test_durations_are_rounded_to_milliseconds() -> None:
+    s = detect(DetectState("i"), snap(call("a")), T0 + 0.1, ANNOUNCE).state
+    t = detect(s, snap(call("a", IN_PROGRESS)), T0 + 0.8891234, ANNOUNCE)
+    assert t.events[0].data["queued_for_seconds"] == 0.789  # not 0.7891234 nor 0.78900003...
+    gone = detect(t.state, snap(), T0 + 1.5, ANNOUNCE).events[0]
+    assert gone.data["observed_seconds"] == 0.789  # first to last sighting

@@ -3,13 +3,18 @@ root), the example and the unit agree on credentials, and errors say what to fix
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.conftest import cli_env, run_cli, write_config
+from notifier.model import iso
+from notifier.simulator import BlandSimulator, wire_call
+from tests.conftest import announce_to, cli_env, run_cli, wait_for, write_config
+from tests.receivers import Receiver
 from tests.test_config import WHSEC
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,3 +157,116 @@ def test_check_says_when_the_listen_address_is_taken_or_impossible(tmp_path: Pat
     impossible = run_cli(["check", str(path)], env, tmp_path)
     assert impossible.returncode == 78
     assert "http.listen: cannot listen on 192.0.2.1:9464: Cannot assign requested address" in impossible.stderr
+
+
+def test_errors_name_targets_by_name_and_rules_by_name_and_list_what_exists(tmp_path: Path) -> None:
+    env = cli_env(None, tmp_path)
+
+    def error(body: str) -> str:
+        result = run_cli(["check", str(write_config(tmp_path, None, body))], env, tmp_path)
+        assert result.returncode == 78, result.stdout
+        assert result.stderr.count("\n") == 1, result.stderr  # one line, ours only
+        return result.stderr
+
+    assert "notifier.toml: targets.crm.secrett: unknown key (check the spelling)" in error(
+        '[targets.ops]\nurl = "console://"\n[targets.crm]\nurl = "http://127.0.0.1:9/x"\nsecrett = "x"\n'
+    )
+    rules = '[targets.t]\nurl = "console://"\n[[rules]]\nname = "first"\nevents = ["*"]\ntargets = ["t"]\n'
+    stuck = rules + '[[rules]]\nname = "stuck calls"\nevents = ["call.stuck_queued"]\ntargets = ["t"]\n'
+    assert "rules[1].match[0] (rule 'stuck calls'): " in error(stuck + "match = ['nosuch = 1']\n")
+    message = error(stuck + 'body = "{{ event.queued_for }}"\n')
+    assert "rules[1].body (rule 'stuck calls'): for call.stuck_queued: no field 'queued_for' (event has " in message
+    assert "queued_for_seconds, threshold_seconds" in message and "call has call_id, user_id" in message
+    # Apprise's own complaints (which quote the URL's tokens) are not printed beside ours.
+    slack = error('[targets.chat]\nurl = "slack://onlyonetoken1234"\n')
+    assert "targets.chat.url: Apprise cannot use this slack:// URL" in slack and "onlyonetoken1234" not in slack
+
+
+def test_check_masks_only_the_secret_parts_of_an_apprise_url(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        None,
+        '[targets.mail]\nurl = "mailtos://alerts:pw-Secret-99@smtp.example.com:587?from=alerts@example.com&to=desk@example.com"\n'
+        '[targets.chat]\nurl = "slack://T1AAAAAAA/B2BBBBBBB/C3CCCCCCCCCCCCCCCCCCCCCC"\n',
+    )
+    out = run_cli(["check", str(path)], cli_env(None, tmp_path), tmp_path).stdout
+    assert (
+        "mail (apprise): mailtos://alerts:**********@smtp.example.com:587?from=alerts@example.com&to=desk@example.com"
+        in out
+    )
+    assert "chat (apprise): slack://**********/**********/**********\n" in out
+    assert "pw-Secret-99" not in out and "T1AAAAAAA" not in out
+
+
+def test_events_json_is_the_webhook_body_and_both_read_commands_say_what_they_show(
+    tmp_path: Path, sim: BlandSimulator
+) -> None:
+    env = cli_env(sim, tmp_path)
+    with Receiver() as rx:
+        write_config(tmp_path, sim, announce_to(rx.url, events='"call.*"'))
+        assert run_cli(["events"], env, tmp_path).returncode == 1  # no database yet: said, nothing created
+        assert run_cli(["db", "upgrade"], env, tmp_path).returncode == 0
+        assert run_cli(["events"], env, tmp_path).stdout == "no events recorded yet\n"
+        assert run_cli(["deliveries"], env, tmp_path).stdout == "no deliveries recorded yet\n"
+        now = time.time()
+        started = wire_call("b", "IN_PROGRESS", created_ms=int((now - 0.7891234) * 1000), start_time=iso(now))
+        sim.set_calls([wire_call("a"), started])
+        assert run_cli(["once"], env, tmp_path).returncode == 0
+        wait_for(lambda: len(rx.received) == 3)
+    listed = json.loads(run_cli(["events", "--json"], env, tmp_path).stdout)
+    assert listed == sorted((r.json for r in rx.received), key=lambda body: body["data"]["id"])
+    durations = [v for e in listed for k, v in e["data"].items() if k.endswith("_seconds") and v is not None]
+    assert durations and all(round(v, 3) == v for v in durations), durations  # milliseconds, no float noise
+    text = run_cli(["events", "--limit", "2"], env, tmp_path).stdout.splitlines()
+    assert text[0].split() == ["detected", "(UTC)", "id", "type", "call", "detail"]
+    assert len(text) == 4 and text[-1] == "(2 shown, the newest; --limit N for more, --limit 0 for all)"
+    assert run_cli(["events", "--type", "source.*"], env, tmp_path).stdout == "no events match\n"
+    deliveries = run_cli(["deliveries"], env, tmp_path).stdout.splitlines()
+    assert deliveries[0].split() == ["id", "status", "created", "(UTC)", "target", "rule", "event", "attempts"]
+    assert len(deliveries) == 4 and all(
+        " sent " in line and " crm " in line and " all " in line for line in deliveries[1:]
+    )
+    assert run_cli(["deliveries", "--status", "dead"], env, tmp_path).stdout == "no dead deliveries\n"
+
+
+def test_a_refused_connection_reads_the_same_from_the_poller_and_a_webhook(tmp_path: Path, sim: BlandSimulator) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+        env = cli_env(sim, tmp_path)
+        write_config(tmp_path, sim, announce_to(f"{refused}/hook"))
+        sim.set_calls([wire_call("a")])
+        assert run_cli(["once"], env, tmp_path).returncode == 0
+        [delivery] = json.loads(run_cli(["deliveries", "--json"], env, tmp_path).stdout)
+        assert delivery["last_error"] == "cannot connect: Connection refused"
+        config = tmp_path / "notifier.toml"
+        config.write_text(config.read_text().replace(sim.base_url, refused))
+        assert run_cli(["once"], env, tmp_path).returncode == 1
+        status = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
+    assert status["sources"][0]["last_error"] == "GET /v1/calls/active: cannot connect: Connection refused"
+
+
+def test_a_rule_templates_its_digest(tmp_path: Path, sim: BlandSimulator) -> None:
+    rule = (
+        '[targets.console]\nurl = "console://"\nmin_interval = "0s"\n'
+        '[[rules]]\nname = "new calls"\nevents = ["call.appeared"]\ntargets = ["console"]\ndigest_after = 2\n'
+        'title = "New: {{ call.to }}"\n'
+    )
+    env = cli_env(sim, tmp_path)
+    write_config(tmp_path, sim, "[detect]\nannounce_existing = true\n" + rule)
+    sim.set_calls([wire_call(f"c{i}", to=f"+1310555000{i}") for i in range(3)])
+    out = run_cli(["once"], env, tmp_path).stdout
+    assert "new calls: 3 call.appeared\n" in out  # the default: the rule and the counts
+    assert "• New: +13105550000\n" in out  # each line the title the event would have had
+    (tmp_path / "notifier.db").unlink()
+    templated = rule + (
+        'digest_title = "{{ events | length }} new calls on {{ rule }}"\n'
+        'digest_body = "{% for e in events %}{{ e.call.to }} {% endfor %}"\n'
+    )
+    write_config(tmp_path, sim, "[detect]\nannounce_existing = true\n" + templated)
+    out = run_cli(["once"], env, tmp_path).stdout
+    assert "3 new calls on new calls\n  | +13105550000 +13105550001 +13105550002\n" in out
+    broken = write_config(tmp_path, sim, templated.replace("e.call.to", "e.call.too"))
+    result = run_cli(["check", str(broken)], env, tmp_path)
+    assert result.returncode == 78
+    assert "rules[0].digest_body (rule 'new calls'): for a digest of call.appeared: no field 'too'" in result.stderr

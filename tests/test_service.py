@@ -102,6 +102,7 @@ def test_reload_swaps_routing_and_a_bad_reload_keeps_the_old_config(tmp_path: Pa
             write_config(tmp_path, sim, rules_for(a.url, b.url, "b"))
             daemon.proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "reloaded" in daemon.log)
+            assert "reloaded rules_changed=appeared\n" in daemon.log  # what changed, by name
             sim.set_calls([wire_call("first"), wire_call("second")])
             wait_for(lambda: len(b.received) == 1)
             assert b.received[0].json["data"]["call"]["call_id"] == "second"
@@ -114,6 +115,8 @@ def test_reload_swaps_routing_and_a_bad_reload_keeps_the_old_config(tmp_path: Pa
             wait_for(lambda: len(b.received) == 2)  # still routed by the last good config
 
             write_config(tmp_path, sim, rules_for(a.url, b.url, "b"))
+            daemon.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded; nothing changed" in daemon.log)
             config.write_text(config.read_text().replace('url = "sqlite:///notifier.db"', 'url = "sqlite:///other.db"'))
             daemon.proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "needs a restart" in daemon.log)

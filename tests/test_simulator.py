@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import urllib.error
@@ -119,6 +120,11 @@ def test_demo_shows_every_kind_of_notification_within_30_seconds(tmp_path: Path)
     out = result.stdout
     for needle in ("appeared (QUEUED)", "started", "stuck in queue for", "ended", "Summary", "deliveries:"):
         assert needle in out, needle
+    # An ended call shows its outcome, not the status it last had, in one unit system;
+    # the summary uses the cards' words.
+    ended = out.split(" ended", 1)[1].split("\n\n", 1)[0]
+    assert "Outcome: " in ended and "Status:" not in ended and " min" not in ended, ended
+    assert re.search(r"^  ended +\d+   \(call\.disappeared\)$", out, re.M), out[-600:]
     assert "\x1b[" not in out  # not a terminal: plain text
     assert result.stderr == ""
 
