@@ -23,6 +23,7 @@ from notifier.detect import DetectSettings
 from notifier.durations import Duration, parse_duration
 from notifier.route import Rule, RuleError, compile_rule
 from notifier.secret import Secret, url_secrets
+from notifier.timeintervals import IntervalError, Muting, TimeInterval, parse_interval
 
 EX_CONFIG = 78
 DEFAULT_PATHS = (Path("notifier.toml"), Path("/etc/bland-notifier/notifier.toml"))
@@ -93,6 +94,9 @@ class RuleConfig(_Schema, frozen=True):
     digest_after: int = 5
     digest_title: str | None = None
     digest_body: str | None = None
+    mute_time_intervals: list[str] = []
+    active_time_intervals: list[str] = []
+    when_muted: str = "drop"
 
 
 class _File(_Schema, frozen=True):
@@ -103,6 +107,7 @@ class _File(_Schema, frozen=True):
     http: HttpConfig | None = None
     targets: dict[str, TargetConfig] = {}
     rules: list[RuleConfig] = []
+    time_intervals: dict[str, list[dict[str, Any]]] = {}
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ class Config:
     http: HttpConfig | None
     targets: dict[str, Target]
     rules: tuple[Rule, ...]
+    time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing text that might have picked one up."""
@@ -428,6 +434,12 @@ def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
         _validate_listen(schema.http.listen, fail)
 
     targets = {name: _target(name, cfg, fail, unread) for name, cfg in schema.targets.items()}
+    intervals = {}
+    for name, entries in schema.time_intervals.items():
+        try:
+            intervals[name] = parse_interval(name, entries)
+        except IntervalError as exc:
+            raise fail(f"time_intervals.{name}{exc.key}", exc.reason) from None
     rules = []
     names: set[str] = set()
     for index, rule in enumerate(schema.rules):
@@ -441,6 +453,10 @@ def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
             if target not in targets:
                 known = ", ".join(sorted(targets)) or "none defined"
                 raise fail(f"{key}.targets[{t_index}]", f"unknown target {target!r} (targets: {known})")
+        muting = Muting(
+            mute=_intervals_of(rule.mute_time_intervals, intervals, f"{key}.mute_time_intervals", fail),
+            active=_intervals_of(rule.active_time_intervals, intervals, f"{key}.active_time_intervals", fail),
+        )
         try:
             compiled = compile_rule(
                 name=rule.name,
@@ -452,6 +468,8 @@ def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
                 digest_after=rule.digest_after,
                 digest_title=rule.digest_title,
                 digest_body=rule.digest_body,
+                muting=muting,
+                when_muted=rule.when_muted,
             )
         except RuleError as exc:
             raise fail(f"{key}.{exc.key}", exc.reason) from None
@@ -473,9 +491,20 @@ def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
         http=schema.http,
         targets=targets,
         rules=tuple(rules),
+        time_intervals=intervals,
     )
     _check_templates(config, fail)
     return config
+
+
+def _intervals_of(names: list[str], known: dict[str, TimeInterval], key: str, fail: Any) -> tuple[TimeInterval, ...]:
+    found = []
+    for index, name in enumerate(names):
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none defined"
+            raise fail(f"{key}[{index}]", f"no time interval {name!r} (time_intervals: {listed})")
+        found.append(known[name])
+    return tuple(found)
 
 
 _SOURCE_NAME = re.compile(r"[a-z0-9-]+")

@@ -269,7 +269,7 @@ class Daemon:
             self.store,
             self.config,
             self.clock,
-            on_attempt=lambda delivery, record: self.metrics.observe_attempt(delivery.target, record.outcome),
+            on_attempt=lambda delivery, outcome: self.metrics.observe_attempt(delivery.target, outcome),
             fence=self.lease.check,
         )
         try:
@@ -399,6 +399,8 @@ class Daemon:
         if self.dispatcher is not None:
             self.dispatcher.wake(cycle.targets)
         self.metrics.observe_poll(poller.name, cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
+        for (target, status), count in cycle.quieted.items():
+            self.metrics.observe_attempt(target, status, count)
         if self.notify.enabled:  # the queue query runs only when systemd is listening
             self._status = await self._status_line(cycle)
             self.notify.status(self._status)

@@ -113,5 +113,6 @@ class Metrics:
         if ok:
             self.last_success.labels(source).set(at)
 
-    def observe_attempt(self, target: str, result: str) -> None:
-        self.deliveries.labels(target, result).inc()
+    def observe_attempt(self, target: str, result: str, count: int = 1) -> None:
+        """A delivery's outcome: sent, failed, dead, or silenced, muted, inhibited."""
+        self.deliveries.labels(target, result).inc(count)

@@ -27,6 +27,7 @@ from notifier.config import Config, Target
 from notifier.durations import format_duration
 from notifier.logs import kv, log
 from notifier.model import Event
+from notifier.quiet import DEFERRED, judge_hops
 from notifier.secret import redact
 from notifier.store import AttemptRecord, Delivery, Fence, Store, error_reason
 
@@ -79,7 +80,7 @@ class Dispatcher:
         store: Store,
         config: Config,
         clock: Callable[[], float] = time.time,
-        on_attempt: Callable[[Delivery, AttemptRecord], None] | None = None,
+        on_attempt: Callable[[Delivery, str], None] | None = None,
         fence: Callable[[], Fence] | None = None,
     ) -> None:
         self.store = store
@@ -203,6 +204,7 @@ class Dispatcher:
             abandon_on_cancel=True,
         )
         outcomes: Counter[str] = Counter()
+        batch = await self._quieted(target, batch, outcomes)
         for delivery, events in batch:
             if self._stopping:
                 break
@@ -216,6 +218,43 @@ class Dispatcher:
         if outcomes:  # one line a batch; each attempt is at debug level (failures: warning)
             log.info("delivery batch", extra=kv(target=target.name, **outcomes))
         return outcomes.total()
+
+    async def _quieted(
+        self, target: Target, batch: list[tuple[Delivery, list[Event]]], outcomes: Counter[str]
+    ) -> list[tuple[Delivery, list[Event]]]:
+        """Judge each due delivery again, now: a silence made since it was queued, or a
+        mute a reload extended, still applies. Deliveries a mute held, released together,
+        become one digest (Apprise targets, more than the rule's ``digest_after``).
+        Returns what is to be sent now."""
+        now = self.clock()
+        silences = await anyio.to_thread.run_sync(self.store.silences, now, abandon_on_cancel=True)
+        judge = judge_hops(now, silences)
+        rules = {rule.name: rule for rule in self.config.rules}
+        send: list[tuple[Delivery, list[Event]]] = []
+        released: dict[str, list[Delivery]] = {}
+        for delivery, events in batch:
+            rule = rules.get(delivery.rule)
+            verdicts = [judge(rule, target.name, event) for event in events]
+            quiet = next((v for v in verdicts if not v.sends), None)
+            if quiet is not None and all(not v.sends for v in verdicts):  # a digest: quiet when all are
+                status = "pending" if quiet.action == DEFERRED else quiet.action
+                await anyio.to_thread.run_sync(self.store.quiet, delivery.id, status, quiet.reason, now, quiet.until)
+                outcomes[quiet.action] += 1
+                if status != "pending" and self.on_attempt is not None:
+                    self.on_attempt(delivery, status)
+                continue
+            if delivery.quieted_by is not None and rule is not None:
+                released.setdefault(rule.name, []).append(delivery)
+            send.append((delivery, events))
+        digested: set[int] = set()
+        for name, held in released.items():
+            limit = rules[name].digest_after
+            if not (target.name in self.config.digestible and limit and len(held) > limit):
+                continue
+            if await anyio.to_thread.run_sync(self.store.digest_held, [d.id for d in held], now) is not None:
+                digested.update(d.id for d in held)
+                outcomes["digested"] += len(held)
+        return [(d, events) for d, events in send if d.id not in digested]
 
     async def _attempt(self, target: Target, channel: Channel, delivery: Delivery, events: list[Event]) -> str:
         """One send and its record; returns the outcome (sent, failed or dead)."""
@@ -240,7 +279,7 @@ class Dispatcher:
                 self._idle.set()
         self._log(target, delivery, record)
         if self.on_attempt is not None:
-            self.on_attempt(delivery, record)
+            self.on_attempt(delivery, record.outcome)
         return record.outcome
 
     async def _record(self, target: Target, delivery: Delivery, record: AttemptRecord) -> None:

@@ -12,7 +12,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import anyio
@@ -24,6 +24,7 @@ from notifier.config import Config, SourceConfig
 from notifier.detect import DetectState, Transition, detect
 from notifier.logs import kv, log
 from notifier.model import Event, PollFailure, Snapshot
+from notifier.quiet import judge_hops
 from notifier.route import plan_deliveries
 from notifier.store import Fence, PollRecord, StaleState, Store, error_reason
 
@@ -76,6 +77,7 @@ class Cycle:
     error: PollError | None = None
     store_error: str | None = None  # the poll could not be recorded (or the state reloaded)
     committed: bool = False
+    quieted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, silenced|muted): count
 
     @cached_property
     def counts(self) -> Counter[str]:
@@ -158,7 +160,6 @@ class Poller:
         if source.fetch_details and any(e.type == "call.disappeared" for e in events):
             events = await self._enrich(events, float(source.timeout))
             transition = msgspec.structs.replace(transition, events=events)
-        planned = plan_deliveries(events, config.rules, config.digestible)
         duration = time.perf_counter() - started
         record = PollRecord(
             at=now,
@@ -170,6 +171,12 @@ class Poller:
         )
         self.committing = True
         try:
+            # Silences live in the store, shared by every daemon: read when there is
+            # something to judge (a quiet poll costs no query), so one made a moment ago counts.
+            silences = (
+                await anyio.to_thread.run_sync(self.store.silences, now, abandon_on_cancel=True) if events else []
+            )
+            planned = plan_deliveries(events, config.rules, config.digestible, judge_hops(now, silences))
             # Abandoned (never interrupted) when the term ends: the fence inside its
             # transaction decides whether it lands, however late it runs.
             await anyio.to_thread.run_sync(
@@ -193,7 +200,8 @@ class Poller:
         cycle = Cycle(
             ok=error is None,
             events=events,
-            targets=frozenset(p.target for p in planned),
+            targets=frozenset(p.target for p in planned if p.status == "pending"),
+            quieted=Counter((p.target, p.status) for p in planned if p.status != "pending"),
             calls=len(self.state.calls),
             skipped=record.skipped or 0,
             duration=duration,

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notifier.model import CALL_EVENT_TYPES, EVENT_TYPES, Event
+from notifier.timeintervals import NEVER_MUTED, Muting
+
+if TYPE_CHECKING:
+    from notifier.quiet import Verdict
 
 #: Fields every call event has (SPEC, Matchers); every event also has ``type`` and ``source``.
 CALL_FIELDS = ("call_id", "user_id", "from", "to", "objective", "pathway_id", "status", "international")
@@ -127,6 +131,8 @@ class Rule:
     digest_after: int = 5
     digest_title: str | None = None
     digest_body: str | None = None
+    muting: Muting = NEVER_MUTED
+    when_muted: str = "drop"  # drop | defer
     _types: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +156,8 @@ def compile_rule(
     digest_after: int = 5,
     digest_title: str | None = None,
     digest_body: str | None = None,
+    muting: Muting = NEVER_MUTED,
+    when_muted: str = "drop",
 ) -> Rule:
     """Validate and compile one ``[[rules]]`` entry; errors carry the key below the rule."""
     if not events:
@@ -171,7 +179,21 @@ def compile_rule(
         matchers.append(matcher)
     if digest_after < 0:
         raise RuleError("digest_after", "must be 0 (off) or more")
-    return Rule(name, types, tuple(matchers), tuple(targets), title, body, digest_after, digest_title, digest_body)
+    if when_muted not in ("drop", "defer"):
+        raise RuleError("when_muted", f'must be "drop" or "defer", not {when_muted!r}')
+    return Rule(
+        name,
+        types,
+        tuple(matchers),
+        tuple(targets),
+        title,
+        body,
+        digest_after,
+        digest_title,
+        digest_body,
+        muting,
+        when_muted,
+    )
 
 
 def _text(value: Any) -> str:
@@ -223,37 +245,56 @@ def route(event: Event, rules: Sequence[Rule]) -> list[Route]:
 
 @dataclass(frozen=True)
 class PlannedDelivery:
-    """One message to send: a single event, or a digest of several (Apprise only)."""
+    """One message to send: a single event, or a digest of several (Apprise only).
+    A quieted one is recorded ``silenced`` or ``muted`` (and never sent), or held
+    ``pending`` until ``not_before``, with what quieted it in ``quieted_by``."""
 
     target: str
     rule: str
     event_ids: tuple[str, ...]
+    status: str = "pending"
+    quieted_by: str | None = None
+    not_before: float | None = None
 
     @property
     def is_digest(self) -> bool:
         return len(self.event_ids) > 1
 
 
+#: Whether one hop (rule, target, event) goes out now: see ``notifier.quiet.judge``.
+Judge = Callable[[Rule, str, Event], "Verdict"]
+
+
 def plan_deliveries(
-    events: Iterable[Event], rules: Sequence[Rule], digestible: frozenset[str]
+    events: Iterable[Event], rules: Sequence[Rule], digestible: frozenset[str], judge: Judge | None = None
 ) -> list[PlannedDelivery]:
     """The deliveries one poll's events cause, in event order.
 
     ``digestible`` names the targets that may receive a digest (Apprise targets; a
     webhook consumer always gets one request per event). More than ``digest_after``
-    events of one rule for one such target become a single digest delivery.
+    events of one rule for one such target become a single digest delivery. ``judge``
+    quiets hops first: only what would go out now is digested; a held delivery waits
+    alone, and is digested with its like when its mute ends.
     """
     groups: dict[tuple[str, str], list[str]] = {}
     order: list[tuple[str, str]] = []
     rule_by_name = {rule.name: rule for rule in rules}
+    planned: list[PlannedDelivery] = []
     for event in events:
         for hop in route(event, rules):
+            if judge is not None:
+                verdict = judge(hop.rule, hop.target, event)
+                if not verdict.sends:
+                    status = "pending" if verdict.action == "deferred" else verdict.action
+                    planned.append(
+                        PlannedDelivery(hop.target, hop.rule.name, (event.id,), status, verdict.reason, verdict.until)
+                    )
+                    continue
             key = (hop.rule.name, hop.target)
             if key not in groups:
                 groups[key] = []
                 order.append(key)
             groups[key].append(event.id)
-    planned: list[PlannedDelivery] = []
     for rule_name, target in order:
         ids = groups[(rule_name, target)]
         limit = rule_by_name[rule_name].digest_after

@@ -294,14 +294,15 @@ def test_send_test_reports_failures(tmp_path: Path) -> None:
 def test_min_interval_paces_a_target(tmp_path: Path) -> None:
     with Receiver() as rx:
         # 500 ms apart, measured when each send has finished: loopback sends differ in
-        # length by milliseconds, so 450 ms leaves room for a loaded machine.
+        # length by milliseconds, so 450 ms leaves room for a loaded machine. The first
+        # send also opens the connection, so the first gap may be that much shorter.
         config = webhook_config(tmp_path, rx.url, 'min_interval = "500ms"\n')
         store, _ = seed(config, 4)
         arrivals: list[float] = []
         dispatcher = Dispatcher(store, config, on_attempt=lambda d, r: arrivals.append(time.monotonic()))
         anyio.run(dispatcher.pass_once)
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-        assert len(arrivals) == 4 and all(gap >= 0.45 for gap in gaps), gaps
+        assert len(arrivals) == 4 and gaps[0] >= 0.3 and all(gap >= 0.45 for gap in gaps[1:]), gaps
 
 
 @pytest.mark.parametrize("status", [201, 202, 204, 299])

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.detect import DetectState, Transition
 from notifier.model import CallState, Event, SourceState
+from notifier.quiet import Silence
 from notifier.route import PlannedDelivery
 from notifier.store import postgres, sqlite
 from notifier.store.schema import (
@@ -38,6 +39,7 @@ from notifier.store.schema import (
     events,
     metadata,
     polls,
+    silences,
     sources,
 )
 from notifier.store.sqlite import BUSY_TIMEOUT
@@ -92,13 +94,18 @@ class Delivery:
     event_count: int
     target: str
     rule: str
-    status: str  # pending | sent | dead
+    status: str  # pending | sent | dead | silenced | muted | inhibited
     attempts: int
     created_at: float
     next_attempt_at: float
     first_attempt_at: float | None
     finished_at: float | None
     last_error: str | None
+    quieted_by: str | None = None  # the silence, interval or condition behind a quieted status
+
+
+#: Statuses of a delivery that is over: pruned after ``retention``.
+FINISHED = ("sent", "dead", "silenced", "muted", "inhibited")
 
 
 @dataclass(frozen=True)
@@ -323,7 +330,7 @@ class Store:
             if poll_id % 100 == 0:
                 conn.execute(delete(polls).where(polls.c.id <= poll_id - POLL_LOG_KEEP))
 
-    def _insert_deliveries(self, conn: Connection, planned: Sequence[PlannedDelivery], now: float) -> None:
+    def _insert_deliveries(self, conn: Connection, planned: Sequence[PlannedDelivery], now: float) -> list[int]:
         # Ids are assigned here so that both tables take one executemany each, however
         # many deliveries a burst of events causes. SQLite: the write lock is held, the
         # next ids are free. PostgreSQL: several sources commit side by side, so the ids
@@ -343,18 +350,22 @@ class Store:
         rows: list[tuple[object, ...]] = []
         links: list[tuple[int, str]] = []
         for delivery_id, plan in zip(ids, planned, strict=True):
-            rows.append((delivery_id, plan.event_ids[0], len(plan.event_ids), plan.target, plan.rule, now, now))
+            finished = None if plan.status == "pending" else now
+            due = plan.not_before if plan.not_before is not None else now
+            row = (delivery_id, plan.event_ids[0], len(plan.event_ids), plan.target, plan.rule, plan.status)
+            rows.append((*row, now, due, finished, plan.quieted_by))
             if len(plan.event_ids) > 1:
                 links.extend((delivery_id, event_id) for event_id in plan.event_ids)
         conn.exec_driver_sql(
             self._sql(
                 "INSERT INTO deliveries (id, event_id, event_count, target, rule, status, attempts, created_at, "
-                "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+                "next_attempt_at, finished_at, quieted_by) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
             ),
             rows,
         )
         if links:
             conn.exec_driver_sql(self._sql("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?, ?)"), links)
+        return list(ids)
 
     # -- queries for the CLI ------------------------------------------------------------
 
@@ -533,6 +544,100 @@ class Store:
                 query.values(status="dead", finished_at=now, last_error="the target is no longer in the configuration")
             ).rowcount
 
+    def quiet(self, delivery_id: int, status: str, reason: str | None, now: float, until: float | None = None) -> None:
+        """A due delivery judged quiet: ``silenced``/``muted`` for good, or held
+        (``pending``) until ``until``. Only a still-pending row changes."""
+        values: dict[str, Any] = {"status": status, "quieted_by": reason}
+        if status == "pending":
+            values["next_attempt_at"] = until
+        else:
+            values["finished_at"] = now
+        with self.transaction(durable=False) as conn:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.status == "pending")
+                .values(values)
+            )
+
+    def digest_held(self, delivery_ids: Sequence[int], now: float) -> int | None:
+        """Deliveries held by one mute, for one rule and target, become one digest
+        delivery (due now), in one transaction: their events stay, in event order.
+        Returns the digest's id (None: they were no longer all pending)."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                select(deliveries)
+                .where(deliveries.c.id.in_(list(delivery_ids)), deliveries.c.status == "pending")
+                .order_by(deliveries.c.id)
+            ).all()
+            if len(rows) != len(delivery_ids) or len({(r.rule, r.target) for r in rows}) != 1:
+                return None
+            event_ids = [eid for r in rows for eid in self._events_of(conn, r)]
+            first = rows[0]
+            conn.execute(delete(deliveries).where(deliveries.c.id.in_(list(delivery_ids))))
+            plan = PlannedDelivery(first.target, first.rule, tuple(event_ids), "pending", first.quieted_by, now)
+            [digest] = self._insert_deliveries(conn, [plan], now)
+            return digest
+
+    @staticmethod
+    def _events_of(conn: Connection, row: Any) -> list[str]:
+        if row.event_count == 1:
+            return [row.event_id]
+        return list(
+            conn.execute(
+                select(delivery_events.c.event_id)
+                .join(events, events.c.id == delivery_events.c.event_id)
+                .where(delivery_events.c.delivery_id == row.id)
+                .order_by(events.c.seq)
+            ).scalars()
+        )
+
+    # -- silences -------------------------------------------------------------------------
+
+    def add_silence(self, silence: Silence, matchers: Sequence[str]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                insert(silences).values(
+                    id=silence.id,
+                    matchers=_json.encode(list(matchers)),
+                    starts_at=silence.starts_at,
+                    ends_at=silence.ends_at,
+                    comment=silence.comment,
+                    author=silence.author,
+                    created_at=silence.created_at,
+                )
+            )
+
+    def silences(self, now: float | None = None) -> list[Silence]:
+        """Silences not yet ended at ``now`` (active or future), oldest first; None: all."""
+        from notifier.quiet import parse_silence_matchers
+
+        query = select(silences).order_by(silences.c.created_at, silences.c.id)
+        if now is not None:
+            query = query.where(silences.c.ends_at > now)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Silence(
+                id=r.id,
+                matchers=parse_silence_matchers(msgspec.json.decode(r.matchers)),
+                starts_at=r.starts_at,
+                ends_at=r.ends_at,
+                comment=r.comment,
+                author=r.author,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    def expire_silence(self, silence_id: str, now: float) -> bool:
+        """End a silence now (kept, as expired, for ``retention``). False: no such silence,
+        or it had already ended."""
+        with self.transaction() as conn:
+            changed = conn.execute(
+                update(silences).where(silences.c.id == silence_id, silences.c.ends_at > now).values(ends_at=now)
+            ).rowcount
+        return bool(changed)
+
     def queue_stats(self) -> tuple[int, float | None]:
         """(pending deliveries, created_at of the oldest one)."""
         with self.engine.connect() as conn:
@@ -548,7 +653,7 @@ class Store:
         finished = (
             select(deliveries.c.id)
             .where(
-                deliveries.c.status.in_(("sent", "dead")),
+                deliveries.c.status.in_(FINISHED),
                 func.coalesce(deliveries.c.finished_at, deliveries.c.created_at) < before,
             )
             .limit(batch)
@@ -564,6 +669,7 @@ class Store:
         with self.transaction(durable=False) as conn:
             removed = conn.execute(delete(deliveries).where(deliveries.c.id.in_(finished))).rowcount
             removed += conn.execute(delete(events).where(events.c.seq.in_(old_events))).rowcount
+            removed += conn.execute(delete(silences).where(silences.c.ends_at < before)).rowcount
         return removed
 
     def checkpoint(self) -> None:
@@ -637,4 +743,5 @@ def _row_delivery(row: Any) -> Delivery:
         first_attempt_at=row.first_attempt_at,
         finished_at=row.finished_at,
         last_error=row.last_error,
+        quieted_by=row.quieted_by,
     )

@@ -95,13 +95,15 @@ deliveries = Table(
     Column("event_count", Integer, nullable=False, default=1),  # > 1: a digest
     Column("target", String, nullable=False),
     Column("rule", String, nullable=False),
-    Column("status", String, nullable=False),  # pending | sent | dead
+    Column("status", String, nullable=False),  # pending | sent | dead | silenced | muted | inhibited
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("next_attempt_at", Float, nullable=False),
     Column("first_attempt_at", Float),
     Column("finished_at", Float),
     Column("last_error", Text),
+    # What quieted it: a silence id, a time interval's name (pending: held until it ends).
+    Column("quieted_by", String),
     Index("ix_deliveries_due", "status", "target", "next_attempt_at"),
     Index("ix_deliveries_event", "event_id"),
 )
@@ -126,4 +128,17 @@ attempts = Table(
     Column("error", Text),
     Column("latency", Float, nullable=False),
     Index("ix_attempts_delivery", "delivery_id"),
+)
+#: Silences (``notifier silence``): shared by every daemon on the store.
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("matchers", LargeBinary, nullable=False),  # JSON list of matcher strings, as written
+    Column("starts_at", Float, nullable=False),
+    Column("ends_at", Float, nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("author", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_silences_ends_at", "ends_at"),
 )
