@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import errno
+import getpass
 import os
 import re
+import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,7 +35,7 @@ from notifier.durations import format_duration, parse_duration
 from notifier.lease import LeaseHeld
 from notifier.listener import ListenerError
 from notifier.logs import LEVELS, log, register_secrets, scrub, setup_logging
-from notifier.model import Event, event_document, iso
+from notifier.model import Event, event_document, iso, parse_iso
 from notifier.route import RuleError, expand_event_patterns
 from notifier.store import Store, StoreError, StoreLocationError, display_url, error_reason
 
@@ -75,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="machine-readable output")
 
     dl = commands.add_parser("deliveries", help="list deliveries")
-    dl.add_argument("--status", choices=("pending", "sent", "dead"))
+    dl.add_argument("--status", choices=("pending", "sent", "dead", "silenced", "muted", "inhibited"))
     dl.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -106,6 +111,32 @@ def _parser() -> argparse.ArgumentParser:
     st = commands.add_parser("status", help="who leads, each source's health, active calls, queue")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
+    sil = commands.add_parser("silence", help="silences: quiet matching deliveries for a while")
+    sil_commands = sil.add_subparsers(dest="silence_command", required=True, metavar="SILENCE_COMMAND")
+    add = sil_commands.add_parser("add", help="create a silence; prints its id")
+    add.add_argument("matchers", nargs="+", metavar="MATCHER", help="e.g. 'rule = \"stuck calls\"' 'to =~ \"\\+44.*\"'")
+    length = add.add_mutually_exclusive_group(required=True)
+    length.add_argument("--for", dest="duration", metavar="DURATION", help='e.g. "1h"')
+    length.add_argument("--until", metavar="TIME", help="ISO 8601 with an offset, e.g. 2026-12-01T18:00:00+01:00")
+    add.add_argument("--starts", metavar="TIME", help="ISO 8601 with an offset (default: now)")
+    add.add_argument("--comment", required=True, help="why (shown in silence list)")
+    add.add_argument("--author", help="default: the user running the command")
+    ls = sil_commands.add_parser("list", help="active and future silences")
+    ls.add_argument("--all", action="store_true", help="expired ones too")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ex = sil_commands.add_parser("expire", help="end a silence now")
+    ex.add_argument("id")
+
+    rt = commands.add_parser("route-test", help="where a sample event would go, and how it would read")
+    rt.add_argument("type", metavar="TYPE", help="an event type, e.g. call.stuck_queued")
+    rt.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="override the sample's fields")
+    rt.add_argument("--at", metavar="TIME", help="ISO 8601 with an offset (default: now)")
+    rt.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rp = commands.add_parser("replay", help="what a config would have delivered for the stored events")
+    rp.add_argument("--since", required=True, metavar="DURATION", help='e.g. "24h"')
+    rp.add_argument("--json", action="store_true", help="machine-readable output")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_commands.add_parser("upgrade", help="apply migrations")
@@ -121,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"notifier: invalid NOTIFIER_LOG_LEVEL {level!r}; use one of {', '.join(LEVELS)}", file=sys.stderr)
         return 2
     setup_logging(level)
-    handler: Handler = _HANDLERS[args.command if args.command != "db" else f"db {args.db_command}"]
+    sub = {"db": "db_command", "silence": "silence_command"}.get(args.command)
+    handler: Handler = _HANDLERS[f"{args.command} {getattr(args, sub)}" if sub else args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -222,6 +254,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {rule.name}: {', '.join(rule.event_types)} where {matchers} -> {', '.join(rule.targets)}")
     if not config.rules:
         print("  (none: events are recorded but not sent anywhere)")
+    if config.time_intervals:
+        print("time intervals:")
+        now = time.time()
+        for name, interval in config.time_intervals.items():
+            users = [
+                f"{rule.name} ({'mutes' if interval in rule.muting.mute else 'active in'}, {rule.when_muted})"
+                for rule in config.rules
+                if interval in rule.muting.mute + rule.muting.active
+            ]
+            active = interval.active(now)
+            state = "active now" if active else "not active now"
+            until = next((b for b in interval.boundaries(now) if interval.active(b) != active), None)
+            state += f", until {_local_and_utc(until)}" if until is not None else ""
+            print(f"  {name}: {state}; used by {', '.join(users) or 'no rule'}")
     return 0
 
 
@@ -328,6 +374,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
                 "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
                 "finished_at": iso(d.finished_at),
                 "last_error": d.last_error,
+                "quieted_by": d.quieted_by,
                 "attempt_log": [
                     {
                         "at": iso(a.at),
@@ -350,6 +397,10 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     for d in found:
         digest = f" +{d.event_count - 1}" if d.event_count > 1 else ""
         when = f"; next {iso(d.next_attempt_at)}" if d.status == "pending" and d.attempts else ""
+        if d.quieted_by:
+            held = d.status in ("pending", "sent", "dead")  # a mute held it (until the time shown)
+            when += f"; {'held by' if held else 'by'} {d.quieted_by}"
+            when += f" until {iso(d.next_attempt_at)}" if d.status == "pending" else ""
         error = f"; last error: {d.last_error}" if d.last_error else ""
         print(
             printable(
@@ -523,6 +574,293 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- quieting: silences, route-test, replay ---------------------------------------------
+
+
+class _Usage(Exception):
+    """A bad argument: said on one line, exit 2."""
+
+
+def _instant(text: str, option: str) -> float:
+    """An ISO 8601 time with an offset (``Z`` allowed): a silence must not end at a
+    different hour depending on where the command ran."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise _Usage(f"{option}: {text!r} is not an ISO 8601 time such as 2026-12-01T18:00:00+01:00") from None
+    if moment.tzinfo is None:
+        raise _Usage(f"{option}: {text!r} needs an offset (e.g. +01:00 or Z)")
+    return moment.timestamp()
+
+
+def _local_and_utc(ts: float) -> str:
+    local = datetime.fromtimestamp(ts).astimezone()
+    return f"{local.strftime('%Y-%m-%d %H:%M %Z')} ({iso(ts)})"
+
+
+def cmd_silence_add(args: argparse.Namespace) -> int:
+    from notifier.quiet import Silence, parse_silence_matchers
+
+    now = time.time()
+    try:
+        matchers = parse_silence_matchers(args.matchers)
+        starts = _instant(args.starts, "--starts") if args.starts else now
+        if args.duration:
+            try:
+                ends = starts + parse_duration(args.duration)
+            except ValueError as exc:
+                raise _Usage(f"--for: {exc}") from None
+        else:
+            ends = _instant(args.until, "--until")
+        if ends <= max(starts, now):
+            raise _Usage("the silence would end before it starts (or in the past)")
+        if not args.comment.strip():
+            raise _Usage("--comment: say why, for whoever finds the silence")
+    except (ValueError, _Usage) as exc:
+        print(f"notifier: silence add: {exc}", file=sys.stderr)
+        return 2
+    author = args.author or os.environ.get("SUDO_USER") or getpass.getuser()
+    silence = Silence(f"sil_{secrets.token_hex(6)}", matchers, starts, ends, args.comment.strip(), author, now)
+    store = _read_store(args)
+    try:
+        store.add_silence(silence, [str(m) for m in matchers])
+    finally:
+        store.close()
+    print(silence.id)
+    print(printable(f"silences {' and '.join(str(m) for m in matchers)} until {_local_and_utc(ends)}"), file=sys.stderr)
+    return 0
+
+
+def _silence_json(silence: Any, now: float) -> dict[str, Any]:
+    return {
+        "id": silence.id,
+        "matchers": [str(m) for m in silence.matchers],
+        "starts_at": iso(silence.starts_at),
+        "ends_at": iso(silence.ends_at),
+        "state": _silence_state(silence, now),
+        "comment": silence.comment,
+        "author": silence.author,
+        "created_at": iso(silence.created_at),
+    }
+
+
+def _silence_state(silence: Any, now: float) -> str:
+    return "active" if silence.active(now) else "expired" if silence.ends_at <= now else "pending"
+
+
+def cmd_silence_list(args: argparse.Namespace) -> int:
+    now = time.time()
+    store = _read_store(args)
+    try:
+        found = store.silences(None if args.all else now)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode([_silence_json(s, now) for s in found]).decode() + "\n")
+        return 0
+    if not found:
+        print("no silences" if args.all else "no active or pending silences (--all shows expired ones)")
+        return 0
+    for silence in found:
+        state = _silence_state(silence, now)
+        span = f"until {_local_and_utc(silence.ends_at)}"
+        if state == "pending":
+            span = f"from {_local_and_utc(silence.starts_at)} " + span
+        print(printable(f"{silence.id}  {state:<7}  {' and '.join(str(m) for m in silence.matchers)}"))
+        print(printable(f"    {span}; by {silence.author}: {silence.comment}"))
+    return 0
+
+
+def cmd_silence_expire(args: argparse.Namespace) -> int:
+    store = _read_store(args)
+    try:
+        expired = store.expire_silence(args.id, time.time())
+    finally:
+        store.close()
+    if not expired:
+        print(printable(f"notifier: no active or pending silence {args.id!r}"), file=sys.stderr)
+        return 1
+    print(f"expired {args.id}")
+    return 0
+
+
+def _store_silences(config: Config) -> tuple[list[Any], str | None]:
+    """Every silence in the store (route-test and replay judge at other instants), or a
+    note saying why there are none to consider."""
+    try:
+        store = Store(config.storage.url, create=False)
+    except StoreError as exc:
+        return [], f"silences not considered: {exc}"
+    try:
+        store.require_schema()
+        return store.silences(), None
+    except (StoreError, SQLAlchemyError) as exc:
+        return [], f"silences not considered: {error_reason(exc) if isinstance(exc, SQLAlchemyError) else exc}"
+    finally:
+        store.close()
+
+
+def _sample(event_type: str, overrides: list[str], at: float) -> Event:
+    """A sample event of ``event_type`` with FIELD=VALUE overrides, as routing sees fields."""
+    from notifier.route import CALL_FIELDS, fields_of
+    from notifier.templates import sample_event
+
+    event = sample_event(event_type)
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in event.data.items()}
+    known = fields_of(event_type)
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known or name == "type":
+            raise _Usage(
+                f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(f for f in known if f != 'type')}"
+            )
+        typed: Any = {"true": True, "false": False}.get(value, value)
+        if isinstance(data.get(name), float):
+            try:
+                typed = float(value)
+            except ValueError:
+                raise _Usage(f"{item!r}: {name} is a number") from None
+        if name in CALL_FIELDS:
+            data["call"][name] = typed if name == "international" else value
+        else:
+            data[name] = typed
+    call_id = data["call"]["call_id"] if "call" in data else None
+    return Event(id="evt_route_test_0000000001", type=event_type, detected_at=at, data=data, call_id=call_id)
+
+
+def cmd_route_test(args: argparse.Namespace) -> int:
+    from notifier.channels import make_channel
+    from notifier.channels.webhook import webhook_body
+    from notifier.model import EVENT_TYPES
+    from notifier.quiet import judge
+    from notifier.route import event_fields, route
+    from notifier.templates import TEXT, render
+
+    config = _config(args)
+    try:
+        if args.type not in EVENT_TYPES:
+            raise _Usage(f"{args.type!r} is not an event type; types: {', '.join(EVENT_TYPES)}")
+        at = _instant(args.at, "--at") if args.at else time.time()
+        event = _sample(args.type, args.fields, at)
+    except _Usage as exc:
+        print(f"notifier: route-test: {exc}", file=sys.stderr)
+        return 2
+    silences, note = _store_silences(config)
+    hops = {hop.target: hop for hop in route(event, config.rules)}
+    fields = event_fields(event)
+    results = []
+    for name, target in config.targets.items():
+        hop = hops.get(name)
+        if hop is None:
+            results.append({"target": name, "rule": None, "outcome": "no rule"})
+            continue
+        verdict = judge(hop.rule, name, fields, at, silences)
+        row: dict[str, Any] = {"target": name, "rule": hop.rule.name, "outcome": verdict.action}
+        if verdict.reason:
+            row["by"] = verdict.reason
+        if verdict.until is not None or verdict.action == "muted":
+            until = hop.rule.muting.until(at)
+            row["until"] = iso(until) if until is not None else None
+        if verdict.sends:
+            if target.kind == "webhook":
+                row["body"] = msgspec.json.decode(webhook_body(event))
+            else:
+                channel = make_channel(target)
+                row["title"], row["body"] = render(hop.rule, event, getattr(channel, "escape", TEXT))
+        results.append(row)
+    sending = any(r["outcome"] == "send" for r in results)
+    if args.json:
+        report = {"type": args.type, "at": iso(at), "event": event_document(event), "targets": results, "note": note}
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        return 0 if sending else 1
+    overrides = f" with {' '.join(args.fields)}" if args.fields else ""
+    print(printable(f"{args.type}{overrides} at {_local_and_utc(at)}"))
+    if note:
+        print(f"({note})")
+    for row in results:
+        outcome = row["outcome"]
+        if outcome in ("silenced", "muted", "deferred"):
+            outcome += f" ({row['by']})"
+            if "until" in row:
+                until = row["until"]
+                outcome += f" until {_local_and_utc(parse_iso(until)) if until else 'no end within five years'}"
+        print(printable(f"  {row['target']:<16} {row['rule'] or '-':<28} {outcome}"))
+    for row in results:
+        if row["outcome"] != "send":
+            continue
+        print(f"\n{row['target']}:")
+        if "title" in row:
+            print(printable(f"  {row['title']}"))
+            print("\n".join(printable(f"  | {line}") for line in row["body"].splitlines()))
+        else:
+            print(printable("  " + msgspec.json.encode(row["body"]).decode()))
+    return 0 if sending else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from notifier.quiet import judge_hops
+    from notifier.route import plan_deliveries
+
+    try:
+        since = time.time() - parse_duration(args.since)
+    except ValueError as exc:
+        print(f"notifier: replay: --since: {exc}", file=sys.stderr)
+        return 2
+    config = _config(args)
+    silences, note = _store_silences(config)
+    store = _read_store(args)
+    try:
+        found = store.events(since=since, limit=None)
+        was = store.deliveries(since=since)
+    finally:
+        store.close()
+    # Events of one poll share their detection time: planned together, as the daemon did.
+    polls: dict[tuple[str, float], list[Event]] = {}
+    for event in found:
+        polls.setdefault((event.data.get("source", "default"), event.detected_at), []).append(event)
+    would: dict[tuple[str, str], Counter[str]] = {}
+    for (_, at), batch in polls.items():
+        for plan in plan_deliveries(batch, config.rules, config.digestible, judge_hops(at, silences)):
+            counts = would.setdefault((plan.rule, plan.target), Counter())
+            kind = "deferred" if plan.status == "pending" and plan.quieted_by else plan.status
+            counts["messages" if kind == "pending" else kind] += 1
+            counts["events"] += len(plan.event_ids)
+            if plan.is_digest:
+                counts["digests"] += 1
+    did: dict[tuple[str, str], Counter[str]] = {}
+    for delivery in was:
+        did.setdefault((delivery.rule, delivery.target), Counter())[delivery.status] += 1
+    rows = [
+        {
+            "rule": rule,
+            "target": target,
+            "would": dict(would.get((rule, target), {})),
+            "was": dict(did.get((rule, target), {})),
+        }
+        for rule, target in sorted(set(would) | set(did))
+    ]
+    if args.json:
+        report = {"since": iso(since), "events": len(found), "config": str(config.path), "rows": rows, "note": note}
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        return 0
+    print(f"{len(found)} events since {_local_and_utc(since)} through {config.path} (nothing is sent or written)")
+    if note:
+        print(f"({note})")
+    if not rows:
+        print("no deliveries either way")
+        return 0
+    print(f"{'rule':<28} {'target':<14} {'would deliver':<44} was delivered")
+    for row in rows:
+        w, d = row["would"], row["was"]
+        would_text = f"{w.get('messages', 0)} messages ({w.get('events', 0)} events, {w.get('digests', 0)} digests)"
+        for kind in ("silenced", "muted", "deferred"):
+            if w.get(kind):
+                would_text += f", {w[kind]} {kind}"
+        was_text = ", ".join(f"{n} {status}" for status, n in sorted(d.items())) or "nothing"
+        print(printable(f"{row['rule']:<28} {row['target']:<14} {would_text:<44} {was_text}"))
+    return 0
+
+
 _HANDLERS: dict[str, Handler] = {
     "run": cmd_run,
     "once": cmd_once,
@@ -534,6 +872,11 @@ _HANDLERS: dict[str, Handler] = {
     "test": cmd_test,
     "simulate": cmd_simulate,
     "demo": cmd_demo,
+    "silence add": cmd_silence_add,
+    "silence list": cmd_silence_list,
+    "silence expire": cmd_silence_expire,
+    "route-test": cmd_route_test,
+    "replay": cmd_replay,
     "db upgrade": cmd_db_upgrade,
     "db copy": cmd_db_copy,
 }

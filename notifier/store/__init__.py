@@ -493,10 +493,14 @@ class Store:
                 ),
             )
 
-    def deliveries(self, status: str | None = None, limit: int | None = None) -> list[Delivery]:
+    def deliveries(
+        self, status: str | None = None, limit: int | None = None, since: float | None = None
+    ) -> list[Delivery]:
         query = select(deliveries).order_by(deliveries.c.id.desc())
         if status:
             query = query.where(deliveries.c.status == status)
+        if since is not None:
+            query = query.where(deliveries.c.created_at >= since)
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
