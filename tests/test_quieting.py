@@ -132,29 +132,42 @@ def test_muting_drops_or_defers_and_a_deferred_delivery_arrives_once_when_the_mu
     tmp_path: Path, sim: BlandSimulator
 ) -> None:
     window, ends = _minute_window()
-    with Receiver() as a, Receiver() as b:
+    with Receiver() as a, Receiver() as b, Receiver() as c:
         body = two_targets(a.url, b.url, 'mute_time_intervals = ["now"]\nwhen_muted = "defer"')
         body = body.replace('targets = ["b"]', 'targets = ["b"]\nmute_time_intervals = ["now"]')  # b: drop
+        body += (  # c, an Apprise target: what a mute held is released as one digest
+            f'[targets.c]\nurl = "{c.url.replace("http://", "json://")}"\n'
+            '[[rules]]\nname = "to c"\nevents = ["call.appeared"]\ntargets = ["c"]\ndigest_after = 1\n'
+            'mute_time_intervals = ["now"]\nwhen_muted = "defer"\n'
+        )
         write_config(tmp_path, sim, window + body)
         env = cli_env(sim, tmp_path)
-        sim.set_calls([wire_call("night")])
+        sim.set_calls([wire_call("night"), wire_call("owl")])
         daemon = DaemonProcess(tmp_path, env)
-        wait_for(lambda: deliveries(env, tmp_path))
-        rows = {r["target"]: r for r in deliveries(env, tmp_path)}
-        assert rows["b"]["status"] == "muted" and rows["b"]["quieted_by"] == "now"
-        assert rows["a"]["status"] == "pending" and rows["a"]["quieted_by"] == "now"
-        assert rows["a"]["next_attempt_at"] == datetime.fromtimestamp(ends, UTC).isoformat(
-            timespec="milliseconds"
-        ).replace("+00:00", "Z")
+        wait_for(lambda: len(deliveries(env, tmp_path)) == 6)
+        rows = deliveries(env, tmp_path)
+        assert {(r["target"], r["status"], r["quieted_by"]) for r in rows} == {
+            ("a", "pending", "now"),
+            ("b", "muted", "now"),
+            ("c", "pending", "now"),
+        }
+        end = datetime.fromtimestamp(ends, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert {r["next_attempt_at"] for r in rows if r["status"] == "pending"} == {end}
         assert daemon.stop() == 0  # a restart in the middle of the mute
-        assert not a.received and not b.received
+        assert not a.received and not b.received and not c.received
         daemon = DaemonProcess(tmp_path, env)
-        wait_for(lambda: len(a.received) == 1, timeout=ends - time.time() + 20)
-        arrived = time.time()
-        assert arrived >= ends  # nothing early
-        assert a.received[0].json["data"]["call"]["call_id"] == "night"
+        wait_for(lambda: len(a.received) == 2 and len(c.received) == 1, timeout=ends - time.time() + 20)
+        assert time.time() >= ends  # nothing early
+        assert sorted(called(a)) == ["night", "owl"]  # a webhook: one request per event
+        digest = c.received[0].json
+        assert digest["title"] == "to c: 2 call.appeared", digest
         time.sleep(1.0)  # a few more polls and passes: still once, and b never
-        assert len(a.received) == 1 and not b.received
+        assert len(a.received) == 2 and len(c.received) == 1 and not b.received
+        assert [
+            r["event_count"] if "event_count" in r else r["events"]
+            for r in deliveries(env, tmp_path, "--status", "sent")
+            if r["target"] == "c"
+        ] == [2]
         assert daemon.stop() == 0
 
 
