@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from notifier import __version__
 from notifier.config import (
     EX_CONFIG,
+    PLACEHOLDER,
     Config,
     ConfigError,
     Credentials,
@@ -50,6 +51,12 @@ def printable(text: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
+def _limit(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("a number of rows, 0 for all")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier", description="Watch Bland AI's active calls and notify.")
     parser.add_argument("--version", action="version", version=f"bland-notifier {__version__}")
@@ -76,12 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--call-id", metavar="ID")
     ev.add_argument("--source", metavar="NAME", help="only events of this source ([[sources]] name)")
-    ev.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
+    ev.add_argument("--limit", type=_limit, default=100, help="newest N (default 100; 0 = all)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
 
     dl = commands.add_parser("deliveries", help="list deliveries")
     dl.add_argument("--status", choices=("pending", "sent", "dead", "silenced", "muted", "inhibited"))
-    dl.add_argument("--limit", type=int, default=100, help="newest N (default 100; 0 = all)")
+    dl.add_argument("--limit", type=_limit, default=100, help="newest N (default 100; 0 = all)")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
 
     rd = commands.add_parser("redeliver", help="re-queue dead deliveries")
@@ -221,14 +228,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     from notifier.channels import describe_target
 
     credentials = Credentials(lenient=not args.strict)
-    config = _config(args, credentials)
-    for why in dict.fromkeys(u.why for u in credentials.unread):
-        names = ", ".join(f"{u.credential} ({u.key})" for u in credentials.unread if u.why == why)
-        print(
-            f"notifier: warning: credentials not read: {why}: {names}; checked without their values "
-            "(--strict makes this an error)",
-            file=sys.stderr,
-        )
+    try:
+        config = _config(args, credentials)
+    finally:  # said before any error: an unread credential may be why a value looks wrong
+        for why in dict.fromkeys(u.why for u in credentials.unread):
+            names = ", ".join(f"{u.credential} ({u.key})" for u in credentials.unread if u.why == why)
+            print(
+                f"notifier: warning: credentials not read: {why}: {names}; checked without their values "
+                "(--strict makes this an error)",
+                file=sys.stderr,
+            )
     errors, notes = _host_checks(config)
     for note in notes:
         print(f"notifier: warning: {note}", file=sys.stderr)
@@ -245,7 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"storage: {display_url(config.storage.url)} (lease {format_duration(float(config.storage.lease))})")
     print("targets:")
     for target in config.targets.values():
-        print(f"  {target.name} ({target.kind}): {describe_target(target)}")
+        print(f"  {target.name} ({target.kind}): {describe_target(target).replace(PLACEHOLDER, '${credential}')}")
     if not config.targets:
         print("  (none)")
     print("rules:")
@@ -271,6 +280,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unprivileged_ports() -> int:
+    """The first port any user may bind (Linux: 1024 unless the sysctl says otherwise)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
 def _host_checks(config: Config) -> tuple[list[str], list[str]]:
     """(errors, warnings) about this host: can the store's directory be written, can
     the listen address be bound. A relative SQLite path is checked only where it will
@@ -290,6 +307,11 @@ def _host_checks(config: Config) -> tuple[list[str], list[str]]:
         elif problem := location_problem(path):
             errors.append(f"storage.url: {problem}")
     if config.http is not None:
+        port = int(config.http.listen.rpartition(":")[2])
+        if os.geteuid() == 0 and port < _unprivileged_ports():
+            notes.append(
+                f"http.listen: port {port} needs privileges the unit does not have (DynamicUser=, no capabilities)"
+            )
         failed = probe(config.http.listen)
         if failed is not None and failed.errno == errno.EADDRINUSE:
             notes.append(f"http.listen: {config.http.listen} is in use now (by a running daemon?)")
@@ -312,8 +334,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     store = _read_store(args)
     try:
         found = store.events(
-            since=since, types=types, call_id=args.call_id, source=args.source, limit=args.limit or None
+            since=since, types=types, call_id=args.call_id, source=args.source, limit=_one_more(args.limit)
         )
+        more = _trim(found, args.limit)
     finally:
         store.close()
     if args.json:
@@ -329,14 +352,29 @@ def cmd_events(args: argparse.Namespace) -> int:
                 f"{iso(event.detected_at)}  {event.id}  {event.type:<20} {event.call_id or '-':<12} {_detail(event)}"
             )
         )
-    if args.limit and len(found) == args.limit:
+    if more:
         print(f"({len(found)} shown, the newest; --limit N for more, --limit 0 for all)")
     return 0
+
+
+def _one_more(limit: int) -> int | None:
+    """Ask for one row past ``--limit``: that one says whether there are more."""
+    return limit + 1 if limit else None
+
+
+def _trim(found: list[Any], limit: int) -> bool:
+    """Keep the newest ``limit`` (lists are oldest first); True if some were left out."""
+    if limit and len(found) > limit:
+        del found[0]
+        return True
+    return False
 
 
 def _detail(event: Event) -> str:
     """The line's tail: where the call goes and what it is now, or the source's trouble."""
     call = event.data.get("call")
+    if call and event.type == "call.disappeared":
+        return f"{call.get('to') or ''} ended (last seen {event.data.get('last_status')})".strip()
     if call:
         return f"{call.get('to') or ''} {call.get('status') or ''}".strip()
     if event.type == "source.unreachable":
@@ -356,7 +394,8 @@ def _expand_types(patterns: list[str]) -> list[str] | None:
 def cmd_deliveries(args: argparse.Namespace) -> int:
     store = _read_store(args)
     try:
-        found = store.deliveries(status=args.status, limit=args.limit or None)
+        found = store.deliveries(status=args.status, limit=_one_more(args.limit))
+        more = _trim(found, args.limit)
         history = store.attempts_of([d.id for d in found]) if args.json else {}
     finally:
         store.close()
@@ -408,7 +447,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
                 f"{d.event_id + digest:<21}  {d.attempts}{when}{error}"
             )
         )
-    if args.limit and len(found) == args.limit:
+    if more:
         print(f"({len(found)} shown, the newest; --limit N for more, --limit 0 for all)")
     return 0
 

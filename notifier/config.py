@@ -123,9 +123,10 @@ class Target:
     retry_initial: float
     retry_max: float
     give_up_after: float
+    credentials: tuple[str, ...] = ()  # values read from ${credential:...} into url or secret
 
     def secrets(self) -> list[str]:
-        values = url_secrets(self.url.reveal())
+        values = url_secrets(self.url.reveal()) + list(self.credentials)
         if self.secret is not None:
             values.append(self.secret.reveal())
         return values
@@ -269,6 +270,11 @@ class Credentials:
     lenient: bool = False
     names: list[str] = field(default_factory=list)
     unread: list[Unread] = field(default_factory=list)
+    values: dict[str, list[str]] = field(default_factory=dict)  # key path -> what was read there
+
+    def under(self, key: str) -> tuple[str, ...]:
+        """Every credential value read into ``key`` or below it: secrets by declaration."""
+        return tuple(v for k, found in self.values.items() if k == key or k.startswith(key + ".") for v in found)
 
 
 def load_config(path: Path, env: Mapping[str, str] = os.environ, credentials: Credentials | None = None) -> Config:
@@ -282,7 +288,7 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ, credentials: Cr
         except msgspec.ValidationError as exc:
             key, reason = _split_msgspec_error(str(exc))
             raise ConfigError(path, _name_targets(key, data), reason) from None
-        return _validate(schema, path, frozenset(u.key for u in credentials.unread))
+        return _validate(schema, path, credentials)
     except ConfigError as exc:
         raise _with_rule_name(exc, raw) from None
 
@@ -375,7 +381,9 @@ class _Resolver:
             why = "$CREDENTIALS_DIRECTORY is not set (systemd LoadCredential= sets it)"
         else:
             try:
-                return (Path(directory) / name).read_text(encoding="utf-8").strip()
+                value = (Path(directory) / name).read_text(encoding="utf-8").strip()
+                self.credentials.values.setdefault(key, []).append(value)
+                return value
             except OSError:
                 why = f"{name!r} is not in $CREDENTIALS_DIRECTORY ({directory})"
         if not self.credentials.lenient:
@@ -421,7 +429,7 @@ def _split_msgspec_error(message: str) -> tuple[str | None, str]:
     return key or None, reason[:1].lower() + reason[1:]
 
 
-def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
+def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
     def fail(key: str, reason: str) -> ConfigError:
         return ConfigError(path, key, reason)
 
@@ -433,7 +441,7 @@ def _validate(schema: _File, path: Path, unread: frozenset[str]) -> Config:
     if schema.http is not None:
         _validate_listen(schema.http.listen, fail)
 
-    targets = {name: _target(name, cfg, fail, unread) for name, cfg in schema.targets.items()}
+    targets = {name: _target(name, cfg, fail, credentials) for name, cfg in schema.targets.items()}
     intervals = {}
     for name, entries in schema.time_intervals.items():
         try:
@@ -567,10 +575,13 @@ def _validate_listen(listen: str, fail: Any) -> None:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise fail("http.listen", f"expected HOST:PORT, got {listen!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise fail("http.listen", f"an IPv6 address goes in brackets: [{host}]:{port}")
 
 
-def _target(name: str, cfg: TargetConfig, fail: Any, unread: frozenset[str]) -> Target:
+def _target(name: str, cfg: TargetConfig, fail: Any, credentials: Credentials) -> Target:
     key = f"targets.{name}"
+    unread = {u.key for u in credentials.unread}
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise fail(key, "target names may use letters, digits, '_', '-' and '.'")
     url = cfg.url.reveal().strip()
@@ -583,7 +594,10 @@ def _target(name: str, cfg: TargetConfig, fail: Any, unread: frozenset[str]) -> 
             raise fail(f"{key}.secret", "only webhook (http/https) targets are signed")
         from notifier.channels.apprise import validate_scheme, validate_url
 
-        problem = validate_scheme(url) if f"{key}.url" in unread else validate_url(url)
+        if f"{key}.url" not in unread:
+            problem = validate_url(url)
+        else:  # checked as far as it can be without the credential's value (none: all of it is one)
+            problem = None if url == PLACEHOLDER else validate_scheme(url)
         if problem:
             raise fail(f"{key}.url", problem)
     for duration in ("timeout", "retry_initial", "retry_max", "give_up_after"):
@@ -602,6 +616,7 @@ def _target(name: str, cfg: TargetConfig, fail: Any, unread: frozenset[str]) -> 
         retry_initial=float(cfg.retry_initial),
         retry_max=float(cfg.retry_max),
         give_up_after=float(cfg.give_up_after),
+        credentials=credentials.under(key),
     )
 
 

@@ -139,6 +139,10 @@ def probe(listen: str) -> OSError | None:
     return None
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class Listener:
     def __init__(
         self,
@@ -153,8 +157,9 @@ class Listener:
         self._standing = standing
         self._clock = clock
         try:
+            server_class = _Server6 if ":" in self._host else _Server
             self._server = make_server(
-                self._host, int(port), self._app, server_class=_Server, handler_class=_QuietHandler
+                self._host, int(port), self._app, server_class=server_class, handler_class=_QuietHandler
             )
         except OSError as exc:
             raise ListenerError(f"http.listen: cannot listen on {listen}: {exc.strerror}") from None

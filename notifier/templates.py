@@ -47,10 +47,10 @@ DEFAULT_BODIES = {
     "(threshold {{ event.threshold_seconds | duration }})\n" + _CALL_LINES,
     "call.long_running": "In progress {{ event.in_progress_for_seconds | duration }}\n" + _CALL_LINES,
     # An ended call's status is its outcome (from the call's details), not the last one seen.
-    "call.disappeared": "{% set outcome = event.outcome or {} %}"
-    "Outcome: {{ outcome.status or 'unknown (fetch_details = true asks Bland)' }}"
-    "{% if outcome.call_length is number %}, call length {{ (outcome.call_length * 60) | duration }}{% endif %}"
-    "{% if outcome.error_message %}, {{ outcome.error_message }}{% endif %}\n"
+    "call.disappeared": "{% if event.outcome %}Outcome: {{ event.outcome.status or 'unknown' }}"
+    "{% if event.outcome.call_length is number %}, call length {{ (event.outcome.call_length * 60) | duration }}"
+    "{% endif %}{% if event.outcome.error_message %}, {{ event.outcome.error_message }}{% endif %}"
+    "{% else %}Outcome: not asked (fetch_details = true asks Bland){% endif %}\n"
     "Last seen {{ event.last_status }}{% if not event.was_started %}, never started{% endif %}"
     "{% if event.was_stuck %}, was stuck{% endif %}; watched for {{ event.observed_seconds | duration }}\n"
     "To: {{ call.to }}  From: {{ call.from }}{% if call.international %}  (international){% endif %}\n"

@@ -4,6 +4,7 @@ root), the example and the unit agree on credentials, and errors say what to fix
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -270,3 +271,84 @@ def test_a_rule_templates_its_digest(tmp_path: Path, sim: BlandSimulator) -> Non
     result = run_cli(["check", str(broken)], env, tmp_path)
     assert result.returncode == 78
     assert "rules[0].digest_body (rule 'new calls'): for a digest of call.appeared: no field 'too'" in result.stderr
+
+
+def test_every_default_template_renders_for_every_type_and_format_with_unknown_values_null() -> None:
+    from notifier.model import EVENT_TYPES
+    from notifier.templates import HTML, MARKDOWN, SLACK, TEXT, render, render_digest, sample_event
+
+    for fmt in (TEXT, MARKDOWN, SLACK, HTML):
+        for nulls in (False, True):
+            samples = [sample_event(t, nulls) for t in EVENT_TYPES]
+            for event in samples:
+                title, body = render(None, event, fmt)
+                assert title and body and "failed on this event" not in body, (event.type, nulls, fmt)
+            title, body = render_digest(None, samples, fmt)
+            assert "1 call" in title and body.count("•") == len(samples), (fmt, title)
+    ended = render(None, sample_event("call.disappeared", nulls=True))[1]
+    assert ended.startswith("Outcome: not asked (fetch_details = true asks Bland)\n"), ended
+
+
+def test_check_never_shows_a_credential_or_a_key_in_an_apprise_url(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    values = {"ntfy": "tk_NTFYsecret4242", "smtp": "p#ss-Secret77", "pw": "PW@with/slash:colon"}
+    for name, value in values.items():
+        (creds / name).write_text(value)
+    path = write_config(
+        tmp_path,
+        None,
+        '[targets.push]\nurl = "ntfy://ops-alerts?token=${credential:ntfy}"\n'
+        '[targets.mail]\nurl = "mailtos://alerts:${credential:smtp}@smtp.example.com:587?from=a@example.com"\n'
+        '[targets.mail2]\nurl = "mailtos://alerts:${credential:pw}@smtp.example.com:587?from=a@example.com"\n'
+        '[targets.api]\nurl = "json://hooks.example.com/in?-X-Api-Key=abcdefgh123"\n'
+        '[targets.m3]\nurl = "mailtos://me:SECRETpw99@smtp.example.com?pass=QUERYPASS55&to=a@b.com"\n',
+    )
+    result = run_cli(["check", str(path)], cli_env(None, tmp_path, CREDENTIALS_DIRECTORY=str(creds)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    for secret in (*values.values(), "abcdefgh123", "SECRETpw99", "QUERYPASS55", "Secret77"):
+        assert secret not in result.stdout + result.stderr
+    assert "mail (apprise): mailtos://alerts:**********@smtp.example.com:587?from=a@example.com\n" in result.stdout
+
+
+def test_a_whole_url_from_an_unread_credential_is_not_an_error_and_is_said_first(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        None,
+        '[targets.t]\nurl = "${credential:whole_url}"\n[http]\nlisten = "[::1]:0"\n'.replace(":0", ":19471"),
+    )
+    result = run_cli(["check", str(path)], cli_env(None, tmp_path), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "whole_url (targets.t.url)" in result.stderr and "unchecked-credential" not in result.stdout
+    with socket.socket(socket.AF_INET6) as probe:  # IPv6 works in run as in check
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    write_config(tmp_path, None, f'[http]\nlisten = "[::1]:{port}"\n')
+    assert run_cli(["check"], cli_env(None, tmp_path), tmp_path).returncode == 0
+    bare = write_config(tmp_path, None, '[http]\nlisten = "::1:9464"\n', name="bare.toml")
+    refused = run_cli(["check", str(bare)], cli_env(None, tmp_path), tmp_path)
+    assert refused.returncode == 78 and "an IPv6 address goes in brackets: [::1]:9464" in refused.stderr
+
+
+def test_a_store_below_a_closed_directory_is_said_plainly_not_a_traceback(tmp_path: Path) -> None:
+    """As a user who cannot enter a directory above the store (root can enter anything:
+    a forked child takes nobody's uid, the code under test already imported)."""
+    from notifier.store.sqlite import location_problem
+
+    closed = tmp_path / "closed"
+    (closed / "inner").mkdir(parents=True)
+    closed.chmod(0o700)
+    tmp_path.chmod(0o755)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's result goes through the pipe)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, (location_problem(closed / "inner" / "n.db") or "").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    said = os.read(read, 4096).decode()
+    os.waitpid(child, 0)
+    assert said == f"{closed / 'inner'} cannot be reached by this user (uid 65534): a directory above it is closed"

@@ -3,14 +3,17 @@ knows this interface, never a channel's internals."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from notifier.config import Target
 from notifier.model import Event
 from notifier.route import Rule
-from notifier.secret import MASK
+from notifier.secret import MASK, redact
+
+_SECRET_KEY = re.compile(r"token|key|pass|pwd|secret|auth|sig|cred|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,12 @@ def describe_target(target: Target) -> str:
     if target.kind == "apprise":
         from notifier.channels.apprise import private_url
 
-        return private_url(url)
+        # Apprise's privacy mode knows each service's tokens; what it does not hide, a
+        # credential's value, a password, a query value named like a key, is masked here.
+        parts = urlsplit(url)
+        hidden = [parts.password or "", parts.fragment]
+        hidden += [value for name, value in parse_qsl(parts.query) if _SECRET_KEY.search(name)]
+        return redact(private_url(url, target.credentials), hidden)
     parts = urlsplit(url)
     netloc = parts.hostname or ""
     if parts.port:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -105,15 +105,16 @@ def validate_scheme(url: str) -> str | None:
     return None
 
 
-def private_url(url: str) -> str:
-    """The URL as written, with what Apprise's privacy mode hides (tokens, passwords)
-    masked: Apprise's own rendering rebuilds the URL in its canonical form, without
-    the port and options the operator wrote, and with a dozen of its defaults."""
+def private_url(url: str, secrets: Sequence[str] = ()) -> str:
+    """The URL as written, with ``secrets`` and what Apprise's privacy mode hides
+    (tokens, passwords) masked: Apprise's own rendering rebuilds the URL in its
+    canonical form, without the port and options the operator wrote, and with a dozen
+    of its defaults."""
     instance = _instantiate(url)
     if instance is None:
         return url.split("://", 1)[0] + "://" + MASK
     hidden = set(_URL_PARTS.split(instance.url(privacy=False))) - set(_URL_PARTS.split(instance.url(privacy=True)))
-    masked = url
+    masked = redact(url, list(secrets))  # first: a declared secret may contain what splits URLs
     for value in sorted((v for v in hidden if len(v) >= 3), key=len, reverse=True):
         for form in {value, unquote(value)}:
             masked = masked.replace(form, MASK)

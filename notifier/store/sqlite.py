@@ -62,8 +62,15 @@ def location_problem(path: Path) -> str | None:
     anything is created: a directory that does not exist is a mistake in the config
     (created silently, as root, it would be one the service cannot write)."""
     directory = path.parent
-    if not directory.is_dir():
-        return f"the directory {directory} does not exist (create it; under systemd, StateDirectory= does)"
+    try:
+        if directory.exists() and not directory.is_dir():
+            return f"{directory} is not a directory"
+        if not directory.exists():
+            return f"the directory {directory} does not exist (create it; StateDirectory= creates only its own)"
+        if path.is_dir():
+            return f"{path} is a directory; name a file in it"
+    except PermissionError:
+        return f"{directory} cannot be reached by this user (uid {os.geteuid()}): a directory above it is closed"
     for needed, mode in ((path, os.R_OK | os.W_OK), (directory, os.W_OK | os.X_OK)):
         if needed.exists() and not os.access(needed, mode):
             return f"{needed} is not writable by this user (uid {os.geteuid()})"
