@@ -74,6 +74,12 @@ class HttpConfig(_Schema, frozen=True):
     listen: str = "127.0.0.1:9464"
 
 
+class HeartbeatConfig(_Schema, frozen=True):
+    url: Secret  # any http(s) URL, fetched with GET; it usually holds the switch's key
+    every: Duration = Duration(60)
+    timeout: Duration = Duration(10)
+
+
 class TargetConfig(_Schema, frozen=True):
     url: Secret
     secret: Secret | None = None
@@ -105,6 +111,7 @@ class _File(_Schema, frozen=True):
     storage: StorageConfig = StorageConfig()
     detect: DetectConfig = DetectConfig()
     http: HttpConfig | None = None
+    heartbeat: HeartbeatConfig | None = None
     targets: dict[str, TargetConfig] = {}
     rules: list[RuleConfig] = []
     time_intervals: dict[str, list[dict[str, Any]]] = {}
@@ -142,10 +149,13 @@ class Config:
     targets: dict[str, Target]
     rules: tuple[Rule, ...]
     time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
+    heartbeat: HeartbeatConfig | None = None
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing text that might have picked one up."""
         values = storage_secrets(self.storage)
+        if self.heartbeat is not None:
+            values += url_secrets(self.heartbeat.url.reveal())
         for source in self.sources.values():
             values += [source.api_key.reveal(), source.org_id.reveal()]
         for target in self.targets.values():
@@ -196,7 +206,7 @@ def changes(old: Config, new: Config) -> dict[str, str]:
         ):
             if names:
                 found[f"{section}_{verb}"] = ",".join(names)
-    for section in ("detect", "http"):
+    for section in ("detect", "http", "heartbeat"):
         if getattr(old, section) != getattr(new, section):
             found[f"{section}_changed"] = "yes"
     return found
@@ -440,6 +450,12 @@ def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
         raise fail("detect.missing_polls", "must be 1 or more")
     if schema.http is not None:
         _validate_listen(schema.http.listen, fail)
+    if schema.heartbeat is not None:
+        if not re.match(r"^https?://[^/\s]+", schema.heartbeat.url.reveal()):
+            raise fail("heartbeat.url", "must be an http:// or https:// URL (it is fetched with GET)")
+        for name in ("every", "timeout"):
+            if getattr(schema.heartbeat, name) <= 0:
+                raise fail(f"heartbeat.{name}", "must be more than 0s")
 
     targets = {name: _target(name, cfg, fail, credentials) for name, cfg in schema.targets.items()}
     intervals = {}
@@ -500,6 +516,7 @@ def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
         targets=targets,
         rules=tuple(rules),
         time_intervals=intervals,
+        heartbeat=schema.heartbeat,
     )
     _check_templates(config, fail)
     return config

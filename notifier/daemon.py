@@ -30,6 +30,7 @@ from notifier.bland import BlandClient, request_backstop
 from notifier.config import Config, ConfigError, SourceConfig, changes, load_config
 from notifier.detect import DetectState
 from notifier.durations import format_duration
+from notifier.heartbeat import Heartbeat
 from notifier.lease import STORE_TROUBLE, Lease, LeaseHeld, LeaseLost, keep, read_leader
 from notifier.listener import Listener, Standing
 from notifier.logs import kv, log, register_secrets
@@ -97,6 +98,7 @@ class Daemon:
         self._standby_wake = anyio.Event()
         self._loops: dict[str, _SourceLoop] = {}
         self._term_tg: TaskGroup | None = None
+        self._heartbeat = self._make_heartbeat(config)
         self._status: str | None = None  # the last STATUS= line sent to systemd
         self._ready = False
         self._store_error: str | None = None
@@ -398,6 +400,8 @@ class Daemon:
         self._watch_unrecorded(loop, cycle)
         if self.dispatcher is not None:
             self.dispatcher.wake(cycle.targets)
+        if self._heartbeat is not None and self._term_tg is not None:
+            self._heartbeat.after_cycle(self._term_tg)
         self.metrics.observe_poll(poller.name, cycle.ok, cycle.duration, cycle.counts, cycle.skipped, cycle.at)
         for (target, status), count in cycle.quieted.items():
             self.metrics.observe_attempt(target, status, count)
@@ -479,6 +483,11 @@ class Daemon:
             if loop.poll_scope is not None and not loop.poller.committing:
                 loop.poll_scope.cancel()  # an in-flight request; a commit runs to its end
 
+    def _make_heartbeat(self, config: Config) -> Heartbeat | None:
+        if config.heartbeat is None:
+            return None
+        return Heartbeat(config.heartbeat, lambda result: self.metrics.heartbeats.labels(result).inc())
+
     async def _reload(self) -> None:
         self.notify.reloading()
         try:
@@ -521,6 +530,8 @@ class Daemon:
                 await self.dispatcher.retire_removed_targets()
         if new.http != old.http:
             log.warning("[http] changes take effect at the next restart")
+        if new.heartbeat != old.heartbeat:
+            self._heartbeat = self._make_heartbeat(new)
         changed = changes(old, new)
         log.info("reloaded" if changed else "reloaded; nothing changed", extra=kv(**changed))
 

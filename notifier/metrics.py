@@ -79,6 +79,9 @@ class Metrics:
             ["target", "result"],
             registry=r,
         )
+        self.heartbeats = Counter(
+            "notifier_heartbeats", "Heartbeat pings to the dead man's switch, by result.", ["result"], registry=r
+        )
         self.skipped = Counter("notifier_skipped_entries", "Malformed API entries skipped.", ["source"], registry=r)
         self.last_success = Gauge(
             "notifier_last_successful_poll_timestamp_seconds",

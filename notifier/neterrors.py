@@ -12,6 +12,7 @@ import os
 import httpx
 
 _KINDS: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.TimeoutException, "timed out"),
     (httpx.ConnectError, "cannot connect"),
     (httpx.ReadError, "connection broken while reading the answer"),
     (httpx.WriteError, "connection broken while sending"),
