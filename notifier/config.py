@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from notifier.conditions import Condition
 from notifier.detect import DetectSettings
 from notifier.durations import Duration, parse_duration
 from notifier.route import Rule, RuleError, compile_rule
@@ -105,6 +106,18 @@ class RuleConfig(_Schema, frozen=True):
     when_muted: str = "drop"
 
 
+class ConditionConfig(_Schema, frozen=True):
+    name: str
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    for_: Duration = msgspec.field(default=Duration(0), name="for")
+    keep_firing_for: Duration = Duration(0)
+    group_by: list[str] = []
+    match: list[str] = []
+    inhibits: list[str] = []
+
+
 class _File(_Schema, frozen=True):
     source: SourceConfig | None = None
     sources: list[SourceConfig] = []
@@ -115,6 +128,7 @@ class _File(_Schema, frozen=True):
     targets: dict[str, TargetConfig] = {}
     rules: list[RuleConfig] = []
     time_intervals: dict[str, list[dict[str, Any]]] = {}
+    conditions: list[ConditionConfig] = []
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,7 @@ class Config:
     rules: tuple[Rule, ...]
     time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
     heartbeat: HeartbeatConfig | None = None
+    conditions: tuple[Condition, ...] = ()
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing text that might have picked one up."""
@@ -517,9 +532,59 @@ def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
         rules=tuple(rules),
         time_intervals=intervals,
         heartbeat=schema.heartbeat,
+        conditions=tuple(_condition(i, c, fail) for i, c in enumerate(schema.conditions)),
     )
+    if len({c.name for c in config.conditions}) != len(config.conditions):
+        names = [c.name for c in config.conditions]
+        dup = next(n for n in names if names.count(n) > 1)
+        raise fail(f"conditions[{names.index(dup, names.index(dup) + 1)}].name", f"duplicate condition name {dup!r}")
     _check_templates(config, fail)
     return config
+
+
+def _condition(index: int, cfg: ConditionConfig, fail: Any) -> Condition:
+    from notifier.conditions import METRICS
+    from notifier.model import CALL_EVENT_TYPES
+    from notifier.route import CALL_FIELDS, expand_event_patterns, parse_matcher
+
+    key = f"conditions[{index}]"
+    if cfg.metric not in METRICS:
+        raise fail(f"{key}.metric", f"{cfg.metric!r} is not one of {', '.join(METRICS)}")
+    if (cfg.above is None) == (cfg.below is None):
+        raise fail(key, "give exactly one of above or below")
+    for g_index, name in enumerate(cfg.group_by):
+        if name not in CALL_FIELDS:
+            raise fail(f"{key}.group_by[{g_index}]", f"{name!r} is not a call field ({', '.join(CALL_FIELDS)})")
+    matchers = []
+    for m_index, text in enumerate(cfg.match):
+        try:
+            matcher = parse_matcher(text)
+        except ValueError as exc:
+            raise fail(f"{key}.match[{m_index}]", str(exc)) from None
+        if matcher.field not in CALL_FIELDS:
+            raise fail(f"{key}.match[{m_index}]", f"{matcher.field!r} is not a call field ({', '.join(CALL_FIELDS)})")
+        matchers.append(matcher)
+    try:
+        inhibits = expand_event_patterns(cfg.inhibits)
+    except RuleError as exc:
+        raise fail(f"{key}.inhibits{exc.key.removeprefix('events')}", exc.reason) from None
+    for i_index, event_type in enumerate(inhibits):
+        if event_type not in CALL_EVENT_TYPES:
+            raise fail(f"{key}.inhibits[{i_index}]", f"{event_type!r}: only call events belong to a group")
+    for name in ("for_", "keep_firing_for"):
+        if getattr(cfg, name) < 0:
+            raise fail(f"{key}.{name.rstrip('_')}", "must not be negative")
+    return Condition(
+        name=cfg.name,
+        metric=cfg.metric,
+        threshold=float(cfg.above if cfg.above is not None else cfg.below),  # type: ignore[arg-type]
+        above=cfg.above is not None,
+        for_=float(cfg.for_),
+        keep_firing_for=float(cfg.keep_firing_for),
+        group_by=tuple(cfg.group_by),
+        matchers=tuple(matchers),
+        inhibits=inhibits,
+    )
 
 
 def _intervals_of(names: list[str], known: dict[str, TimeInterval], key: str, fail: Any) -> tuple[TimeInterval, ...]:

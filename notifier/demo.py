@@ -92,6 +92,8 @@ _WORDS = {
     "call.disappeared": "ended",
     "source.unreachable": "API unreachable",
     "source.recovered": "API reachable",
+    "condition.firing": "condition firing",
+    "condition.resolved": "condition resolved",
 }
 
 

@@ -22,6 +22,7 @@ from notifier.model import (
     QUEUED,
     Call,
     CallState,
+    ConditionState,
     Event,
     PollFailure,
     Snapshot,
@@ -65,6 +66,7 @@ class DetectState(msgspec.Struct, frozen=True):
     # The timer settings the stored ``due`` times were computed with; a reload that
     # changes them recomputes every ``due`` once.
     timers: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    conditions: ConditionState = ConditionState()  # see ``notifier.conditions``
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -208,6 +210,7 @@ def _on_snapshot(state: DetectState, snapshot: Snapshot, now: float, settings: D
         source=source,
         next_seq=out.seq,
         timers=settings.timers,
+        conditions=state.conditions,
     )
     return Transition(
         state=new, events=out.events, changed=list(changed.values()), removed=removed, base_seq=state.next_seq
@@ -252,7 +255,8 @@ def _queued_for_at_start(call: Call, observed: float | None) -> float | None:
     return observed
 
 
-def _queued_since(cs: CallState) -> float:
+def queued_since(cs: CallState) -> float:
+    """Since when a call has been queued: Bland's ``created_at`` when plausible, else our first sighting."""
     created = created_at(cs.call)
     if _plausible(created, cs.first_seen):
         return created  # type: ignore[return-value]
@@ -275,7 +279,7 @@ def _check_timers(cs: CallState, now: float, settings: DetectSettings, out: _Emi
     status = cs.call.status
     stuck_after = settings.stuck_queued_after
     if status == QUEUED and stuck_after > 0:
-        waited = now - _queued_since(cs)
+        waited = now - queued_since(cs)
         repeat = settings.stuck_queued_repeat
         if waited >= stuck_after and (cs.stuck_at is None or (repeat > 0 and now - cs.stuck_at >= repeat)):
             out.emit(
@@ -299,7 +303,7 @@ def _with_due(cs: CallState, settings: DetectSettings) -> CallState:
     status = cs.call.status
     if status == QUEUED and settings.stuck_queued_after > 0:
         if cs.stuck_at is None:
-            due = _queued_since(cs) + settings.stuck_queued_after
+            due = queued_since(cs) + settings.stuck_queued_after
         elif settings.stuck_queued_repeat > 0:
             due = cs.stuck_at + settings.stuck_queued_repeat
     elif status == IN_PROGRESS and settings.long_running_after > 0 and not cs.long_running:

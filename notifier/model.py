@@ -28,7 +28,8 @@ CALL_EVENT_TYPES = (
     "call.disappeared",
 )
 SOURCE_EVENT_TYPES = ("source.unreachable", "source.recovered")
-EVENT_TYPES = CALL_EVENT_TYPES + SOURCE_EVENT_TYPES
+CONDITION_EVENT_TYPES = ("condition.firing", "condition.resolved")
+EVENT_TYPES = CALL_EVENT_TYPES + SOURCE_EVENT_TYPES + CONDITION_EVENT_TYPES
 
 
 class Call(msgspec.Struct, frozen=True):
@@ -93,6 +94,33 @@ class SourceState(msgspec.Struct, frozen=True):
         """Whether the source counts as unreachable at ``now``: failing for ``after``
         seconds, whether or not a poll has said so yet."""
         return self.unreachable or (self.failing_since is not None and now - self.failing_since >= after)
+
+
+class Instance(msgspec.Struct, frozen=True):
+    """One condition for one group: holding since when, firing since when."""
+
+    condition: str
+    group: dict[str, str]
+    holding_since: float | None = None
+    firing_since: float | None = None
+    last_held: float | None = None  # the last poll it held (keep_firing_for counts from it)
+    value: float = 0.0
+
+
+class Mark(msgspec.Struct, frozen=True, array_like=True):
+    """A transition a rate counts: a call that started, or ended without starting."""
+
+    at: float
+    kind: str  # started | ended_unstarted
+    fields: dict[str, str]
+
+
+class ConditionState(msgspec.Struct, frozen=True):
+    instances: dict[str, Instance] = {}  # by instance_key
+    marks: list[Mark] = []  # the last RATE_WINDOW of them
+
+    def firing(self) -> list[Instance]:
+        return [i for i in self.instances.values() if i.firing_since is not None]
 
 
 class Event(msgspec.Struct, frozen=True):

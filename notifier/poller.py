@@ -20,6 +20,8 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.bland import BlandClient, PollError
+from notifier.conditions import apply as apply_conditions
+from notifier.conditions import inhibited_by
 from notifier.config import Config, SourceConfig
 from notifier.detect import DetectState, Transition, detect
 from notifier.logs import kv, log
@@ -146,9 +148,10 @@ class Poller:
         state = self.state
 
         def observe(answer: Snapshot | PollError) -> tuple[float, Transition]:
-            observation = PollFailure(answer.reason) if isinstance(answer, PollError) else answer
             now = self.clock()
-            return now, detect(state, observation, now, settings)
+            if isinstance(answer, PollError):  # a failed poll changes no condition
+                return now, detect(state, PollFailure(answer.reason), now, settings)
+            return now, apply_conditions(detect(state, answer, now, settings), config.conditions, now)
 
         # Pure and CPU-bound at large N, so off the event loop: in the worker thread that
         # fetched and decoded the answer, while the decoded calls are still in the CPU's
@@ -176,7 +179,9 @@ class Poller:
             silences = (
                 await anyio.to_thread.run_sync(self.store.silences, now, abandon_on_cancel=True) if events else []
             )
-            planned = plan_deliveries(events, config.rules, config.digestible, judge_hops(now, silences))
+            conditions = transition.state.conditions
+            inhibit = (lambda e: inhibited_by(conditions, config.conditions, e)) if conditions.instances else None
+            planned = plan_deliveries(events, config.rules, config.digestible, judge_hops(now, silences, inhibit))
             # Abandoned (never interrupted) when the term ends: the fence inside its
             # transaction decides whether it lands, however late it runs.
             await anyio.to_thread.run_sync(

@@ -49,12 +49,12 @@ def parse_silence_matchers(texts: Sequence[str]) -> tuple[Matcher, ...]:
     return tuple(found)
 
 
-SEND, SILENCED, MUTED, DEFERRED = "send", "silenced", "muted", "deferred"
+SEND, SILENCED, INHIBITED, MUTED, DEFERRED = "send", "silenced", "inhibited", "muted", "deferred"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    action: str  # send | silenced | muted | deferred
+    action: str  # send | silenced | inhibited | muted | deferred
     reason: str | None = None  # the silence id, or the interval that mutes
     until: float | None = None  # deferred: when the mute ends
 
@@ -72,14 +72,18 @@ def judge(
     fields: Mapping[str, str],
     now: float,
     silences: Sequence[Silence],
+    inhibited_by: str | None = None,
 ) -> Verdict:
-    """Silences first (they are someone's explicit decision), then the rule's mute.
+    """Silences first (they are someone's explicit decision), then a firing condition
+    that inhibits the event (``inhibited_by``, its name), then the rule's mute.
     ``rule`` is None when the delivery's rule is no longer configured: only silences apply."""
     if silences:
         seen = {**fields, "rule": rule.name if rule else "", "target": target}
         for silence in silences:
             if silence.active(now) and silence.covers(seen):
                 return Verdict(SILENCED, silence.id)
+    if inhibited_by is not None:
+        return Verdict(INHIBITED, inhibited_by)
     if rule is None or not rule.muting:
         return GO
     muted = rule.muting.muted_by(now)
@@ -93,9 +97,12 @@ def judge(
     return Verdict(MUTED, muted)
 
 
-def judge_hops(now: float, silences: Sequence[Silence]) -> Callable[[Rule | None, str, Event], Verdict]:
+def judge_hops(
+    now: float, silences: Sequence[Silence], inhibit: Callable[[Event], str | None] | None = None
+) -> Callable[[Rule | None, str, Event], Verdict]:
     """``judge`` for ``plan_deliveries``: one poll's hops, at one instant. Fields are
-    built only when a silence has to look, once per event."""
+    built only when a silence has to look, once per event; ``inhibit`` names the firing
+    condition that inhibits an event, if any."""
     active = [s for s in silences if s.active(now)]
     cache: dict[str, dict[str, str]] = {}
 
@@ -103,6 +110,6 @@ def judge_hops(now: float, silences: Sequence[Silence]) -> Callable[[Rule | None
         fields = cache.get(event.id) if active else {}
         if fields is None:
             fields = cache[event.id] = event_fields(event)
-        return judge(rule, target, fields, now, active)
+        return judge(rule, target, fields, now, active, inhibit(event) if inhibit is not None else None)
 
     return one

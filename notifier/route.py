@@ -28,6 +28,8 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "call.disappeared": ("was_started", "was_stuck", "last_status", "observed_seconds"),
     "source.unreachable": ("since", "consecutive_failures", "last_error"),
     "source.recovered": ("downtime_seconds",),
+    "condition.firing": ("condition", "metric", "direction", "value", "threshold", "since", "for_seconds"),
+    "condition.resolved": ("condition", "metric", "value", "firing_seconds"),
 }
 
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
@@ -196,7 +198,8 @@ def compile_rule(
     )
 
 
-def _text(value: Any) -> str:
+def field_text(value: Any) -> str:
+    """A field's value as matchers compare it (``true``/``false``, ``130`` for 130.0)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -212,10 +215,10 @@ def event_fields(event: Event) -> dict[str, str]:
     call = event.data.get("call")
     if isinstance(call, dict):
         for name in CALL_FIELDS:
-            fields[name] = _text(call.get(name))
+            fields[name] = field_text(call.get(name))
     for name, value in event.data.items():
         if not isinstance(value, (dict, list)):  # scalars only: not ``call``, not ``outcome``
-            fields[name] = _text(value)
+            fields[name] = field_text(value)
     return fields
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import DictLoader, StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.durations import format_duration
@@ -31,6 +31,11 @@ DEFAULT_TITLES = {
     "call.disappeared": "Call to {{ call.to }} ended{% if not event.was_started %} without ever starting{% endif %}",
     "source.unreachable": "Bland API unreachable since {{ event.since }}",
     "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
+    "condition.firing": "{{ event.condition }}: "
+    + "{% include 'measure' %}"
+    + " for {{ event.for_seconds | duration }}"
+    " (threshold {{ event.threshold | number }})",
+    "condition.resolved": "{{ event.condition }} resolved: " + "{% include 'measure' %}" + " now",
     "notifier.test": "bland-notifier test notification",
 }
 _CALL_ID_LINES = "Objective: {{ call.objective | shorten(160) }}\nCall ID: {{ call.call_id }}"
@@ -58,8 +63,20 @@ DEFAULT_BODIES = {
     "source.unreachable": "{{ event.consecutive_failures }} polls failed since {{ event.since }}.\n"
     "Last error: {{ event.last_error }}",
     "source.recovered": "Polling works again; the API was unreachable for {{ event.downtime_seconds | duration }}.",
+    "condition.firing": "{{ event.metric | replace('_', ' ') }} is {{ event.direction }} {{ event.threshold | number }}"
+    "{% for key, value in event.group.items() %} for {{ key }} {{ value or '(none)' }}{% endfor %}"
+    " since {{ event.since }}.",
+    "condition.resolved": "It fired for {{ event.firing_seconds | duration }}.",
     "notifier.test": "{{ event.message }}",
 }
+#: How a condition's value reads: "412 calls queued on pathway_id pw-7", "oldest queued 9m 12s".
+_MEASURE = (
+    "{% if event.metric == 'oldest_queued_seconds' %}oldest queued {{ event.value | duration }}"
+    "{% elif event.metric.endswith('_per_minute') %}{{ event.value | number }} "
+    "{{ event.metric | replace('_per_minute', '') | replace('_', ' ') }} a minute"
+    "{% else %}{{ event.value | number }} calls {{ event.metric | replace('_', ' ') }}{% endif %}"
+    "{% for key, value in event.group.items() %} on {{ key }} {{ value or '(none)' }}{% endfor %}"
+)
 
 
 class _Undefined(StrictUndefined):
@@ -72,6 +89,11 @@ class TemplateProblem(ValueError):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(reason)
         self.key, self.reason = key, reason
+
+
+def _number(value: Any) -> str:
+    """412.0 -> 412, 0.4 -> 0.4: counts and thresholds as people write them."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def shorten(value: Any, width: int = 80) -> str:
@@ -130,10 +152,15 @@ def _finalizer(fmt: str) -> Callable[[Any], Any]:
 @cache
 def _environment(fmt: str) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
-        undefined=_Undefined, finalize=_finalizer(fmt), autoescape=False, keep_trailing_newline=False
+        undefined=_Undefined,
+        finalize=_finalizer(fmt),
+        autoescape=False,
+        keep_trailing_newline=False,
+        loader=DictLoader({"measure": _MEASURE}),
     )
     env.filters["duration"] = format_duration
     env.filters["shorten"] = shorten
+    env.filters["number"] = _number
     return env
 
 
@@ -268,6 +295,23 @@ _SAMPLE_DATA: dict[str, dict[str, Any]] = {
         "last_error": "GET /v1/calls/active: HTTP 503 Service Unavailable",
     },
     "source.recovered": {"downtime_seconds": 185.0},
+    "condition.firing": {
+        "condition": "queue backlog",
+        "metric": "queued",
+        "direction": "above",
+        "group": {"pathway_id": "pw-7"},
+        "value": 412.0,
+        "threshold": 200.0,
+        "since": "2026-01-01T11:54:00.000Z",
+        "for_seconds": 372.0,
+    },
+    "condition.resolved": {
+        "condition": "queue backlog",
+        "metric": "queued",
+        "group": {"pathway_id": "pw-7"},
+        "value": 12.0,
+        "firing_seconds": 540.0,
+    },
 }
 
 

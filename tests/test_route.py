@@ -217,7 +217,8 @@ def test_unknown_event_patterns_list_the_known_types() -> None:
     assert caught.value.key == "events[1]"
     assert caught.value.reason == (
         "'calls.*' matches no event type; known: call.appeared, call.started, call.status_changed, "
-        "call.stuck_queued, call.long_running, call.disappeared, source.unreachable, source.recovered"
+        "call.stuck_queued, call.long_running, call.disappeared, source.unreachable, source.recovered, "
+        "condition.firing, condition.resolved"
     )
 
 

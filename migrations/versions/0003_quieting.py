@@ -1,4 +1,4 @@
-"""silences, and what quieted a delivery
+"""silences, what quieted a delivery, and condition state
 
 Revision ID: 0003
 Revises: 0002
@@ -6,7 +6,8 @@ Create Date: 2026-12-01
 
 Deliveries gain ``quieted_by`` (the silence id or time interval behind a ``silenced``,
 ``muted`` or ``inhibited`` delivery, or the interval holding a deferred one), and the
-``silences`` table is created.
+``silences`` table is created. Sources gain ``conditions``: the state of the campaign
+health conditions, committed with each poll.
 """
 
 import sqlalchemy as sa
@@ -21,6 +22,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("quieted_by", sa.String(), nullable=True))
+    with op.batch_alter_table("sources") as batch:
+        batch.add_column(sa.Column("conditions", sa.LargeBinary(), nullable=True))
     op.create_table(
         "silences",
         sa.Column("id", sa.String(), nullable=False),
@@ -40,3 +43,5 @@ def downgrade() -> None:
     op.drop_table("silences")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("quieted_by")
+    with op.batch_alter_table("sources") as batch:
+        batch.drop_column("conditions")

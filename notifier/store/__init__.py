@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.detect import DetectState, Transition
-from notifier.model import CallState, Event, SourceState
+from notifier.model import CallState, ConditionState, Event, SourceState
 from notifier.quiet import Silence
 from notifier.route import PlannedDelivery
 from notifier.store import postgres, sqlite
@@ -64,6 +64,7 @@ _call_state_encoder = msgspec.msgpack.Encoder()
 _call_state_decoder = msgspec.msgpack.Decoder(CallState)
 _json = msgspec.json.Encoder()
 _source_decoder = msgspec.json.Decoder(SourceState)
+_conditions_decoder = msgspec.json.Decoder(ConditionState)
 
 
 class StoreError(Exception):
@@ -256,6 +257,7 @@ class Store:
             source=_source_decoder.decode(row.state),
             next_seq=row.next_seq,
             timers=tuple(msgspec.json.decode(row.timers)),
+            conditions=_conditions_decoder.decode(row.conditions) if row.conditions else ConditionState(),
         )
 
     def commit_poll(
@@ -317,8 +319,14 @@ class Store:
             if planned:
                 self._insert_deliveries(conn, planned, poll.at)
             conn.exec_driver_sql(
-                sql("UPDATE sources SET next_seq = ?, state = ?, timers = ? WHERE name = ?"),
-                (state.next_seq, _json.encode(state.source), _json.encode(state.timers), name),
+                sql("UPDATE sources SET next_seq = ?, state = ?, timers = ?, conditions = ? WHERE name = ?"),
+                (
+                    state.next_seq,
+                    _json.encode(state.source),
+                    _json.encode(state.timers),
+                    _json.encode(state.conditions) if state.conditions.instances or state.conditions.marks else None,
+                    name,
+                ),
             )
             poll_id = conn.exec_driver_sql(
                 sql(

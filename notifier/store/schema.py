@@ -38,6 +38,7 @@ sources = Table(
     Column("next_seq", Integer, nullable=False),
     Column("state", LargeBinary, nullable=False),  # JSON SourceState
     Column("timers", LargeBinary, nullable=False),  # JSON [stuck, repeat, long_running]
+    Column("conditions", LargeBinary),  # JSON ConditionState (null: none yet)
 )
 #: The leadership lease: one row, owned by ``notifier.lease``.
 leader = Table(

@@ -1,0 +1,265 @@
+"""Conditions: campaign health over a source's whole snapshot, as events.
+
+When a 10,000-call batch stalls, one message ("412 calls queued on pathway pw-7 for
+6m") says what 412 stuck-call messages cannot. Beside detection and in its style:
+(conditions, previous state, the poll's calls and events, clock) -> (state, events),
+pure, evaluated on successful polls only, its state committed with the poll's, so a
+restart neither repeats nor loses a firing or a resolution.
+
+Cost: nothing without ``[[conditions]]``; with them, one pass over the poll's calls
+for all conditions together (the snapshot metrics), and over five minutes of
+transitions (the rates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from notifier.detect import DetectState, Transition, event_id, queued_since
+from notifier.model import (
+    QUEUED,
+    Call,
+    CallState,
+    ConditionState,
+    Event,
+    Instance,
+    Mark,
+    international,
+    iso,
+)
+from notifier.route import CALL_FIELDS, Matcher, field_text
+
+SNAPSHOT_METRICS = ("queued", "in_progress", "active", "oldest_queued_seconds")
+RATE_METRICS = ("started_per_minute", "ended_unstarted_per_minute")
+METRICS = SNAPSHOT_METRICS + RATE_METRICS
+#: The window the ``*_per_minute`` metrics count transitions over.
+RATE_WINDOW = 300.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    metric: str
+    threshold: float
+    above: bool  # True: holds while value > threshold; False: while value < threshold
+    for_: float = 0.0
+    keep_firing_for: float = 0.0
+    group_by: tuple[str, ...] = ()
+    matchers: tuple[Matcher, ...] = ()
+    inhibits: tuple[str, ...] = ()
+
+    def holds(self, value: float) -> bool:
+        return value > self.threshold if self.above else value < self.threshold
+
+
+def instance_key(name: str, group: Mapping[str, str]) -> str:
+    return name + "\x1f" + "\x1f".join(f"{k}={v}" for k, v in group.items())
+
+
+def call_fields(call: Call) -> dict[str, str]:
+    """The strings conditions match and group by, as rules see them."""
+    intl = international(call)
+    return {
+        "call_id": call.call_id,
+        "user_id": call.user_id,
+        "from": call.from_,
+        "to": call.to,
+        "objective": call.objective,
+        "pathway_id": call.pathway_id,
+        "status": call.status,
+        "international": "" if intl is None else ("true" if intl else "false"),
+    }
+
+
+def _marks(events: Sequence[Event]) -> list[Mark]:
+    found = []
+    for event in events:
+        call = event.data.get("call")
+        if not isinstance(call, dict):
+            continue
+        if event.type == "call.started":
+            kind = "started"
+        elif event.type == "call.disappeared" and event.data.get("was_started") is False:
+            kind = "ended_unstarted"
+        else:
+            continue
+        fields = {name: field_text(call.get(name)) for name in CALL_FIELDS}
+        found.append(Mark(event.detected_at, kind, fields))
+    return found
+
+
+class _Group:
+    __slots__ = ("queued", "in_progress", "oldest", "started", "ended_unstarted")
+
+    def __init__(self) -> None:
+        self.queued = self.in_progress = self.started = self.ended_unstarted = 0
+        self.oldest = math.inf  # the earliest queued_since
+
+    def value(self, metric: str, now: float) -> float:
+        if metric == "queued":
+            return float(self.queued)
+        if metric == "in_progress":
+            return float(self.in_progress)
+        if metric == "active":
+            return float(self.queued + self.in_progress)
+        if metric == "oldest_queued_seconds":
+            return round(now - self.oldest, 3) if self.oldest != math.inf else 0.0
+        count = self.started if metric == "started_per_minute" else self.ended_unstarted
+        return round(count / (RATE_WINDOW / 60), 3)
+
+
+def _measure(
+    conditions: Sequence[Condition], calls: Mapping[str, CallState], marks: Sequence[Mark]
+) -> dict[str, dict[tuple[str, ...], _Group]]:
+    """Per condition, per group: the counts its metric needs (one pass over the calls)."""
+    groups: dict[str, dict[tuple[str, ...], _Group]] = {c.name: {} for c in conditions}
+    on_calls = [c for c in conditions if c.metric in SNAPSHOT_METRICS]
+    on_marks = [c for c in conditions if c.metric in RATE_METRICS]
+    for cs in calls.values() if on_calls else ():
+        if cs.missing:  # not in this poll's answer: about to disappear, not active
+            continue
+        fields = call_fields(cs.call)
+        for cond in on_calls:
+            if cond.matchers and not all(m.matches(fields) for m in cond.matchers):
+                continue
+            key = tuple(fields[g] for g in cond.group_by)
+            group = groups[cond.name].get(key) or groups[cond.name].setdefault(key, _Group())
+            if cs.call.status == QUEUED:
+                group.queued += 1
+                group.oldest = min(group.oldest, queued_since(cs))
+            else:
+                group.in_progress += 1
+    for mark in marks if on_marks else ():
+        for cond in on_marks:
+            if cond.matchers and not all(m.matches(mark.fields) for m in cond.matchers):
+                continue
+            key = tuple(mark.fields[g] for g in cond.group_by)
+            group = groups[cond.name].get(key) or groups[cond.name].setdefault(key, _Group())
+            if mark.kind == "started":
+                group.started += 1
+            else:
+                group.ended_unstarted += 1
+    return groups
+
+
+def evaluate(
+    conditions: Sequence[Condition],
+    state: ConditionState,
+    calls: Mapping[str, CallState],
+    events: Sequence[Event],
+    now: float,
+) -> tuple[ConditionState, list[tuple[str, dict[str, object]]]]:
+    """One successful poll: (new state, [(event type, data)...]) in condition order.
+
+    An instance fires once it has held for ``for`` (measured from the first poll that
+    saw it hold), and resolves once it has not held for ``keep_firing_for``. A group
+    with no calls left (and no transitions in the window) no longer holds."""
+    if not conditions:
+        return state, []
+    marks = [m for m in state.marks if m.at > now - RATE_WINDOW] + _marks(events)
+    measured = _measure(conditions, calls, marks)
+    instances = dict(state.instances)
+    found: list[tuple[str, dict[str, object]]] = []
+    for cond in conditions:
+        present = measured[cond.name]
+        if not cond.group_by:
+            present.setdefault((), _Group())  # the whole source always has a value
+        known = {k: i for k, i in instances.items() if i.condition == cond.name}
+        keys = {instance_key(cond.name, dict(zip(cond.group_by, g, strict=True))): g for g in present}
+        for key in sorted(set(keys) | set(known)):
+            previous = known.get(key)
+            group_values = keys.get(key)
+            group = dict(zip(cond.group_by, group_values, strict=True)) if group_values is not None else previous.group  # type: ignore[union-attr]
+            value = present[group_values].value(cond.metric, now) if group_values is not None else 0.0
+            holding = group_values is not None and cond.holds(value)
+            instance, event = _step(cond, previous or Instance(cond.name, group), holding, value, now)
+            if instance is None:
+                instances.pop(key, None)
+            else:
+                instances[key] = instance
+            if event is not None:
+                found.append(event)
+    live = {c.name for c in conditions}  # a condition removed from the config leaves no state
+    instances = {k: i for k, i in instances.items() if i.condition in live}
+    keep_marks = any(c.metric in RATE_METRICS for c in conditions)
+    return ConditionState(instances=instances, marks=marks if keep_marks else []), found
+
+
+def _step(
+    cond: Condition, inst: Instance, holding: bool, value: float, now: float
+) -> tuple[Instance | None, tuple[str, dict[str, object]] | None]:
+    """One instance, one poll: (its next state, None when there is nothing to keep; an event)."""
+    if holding:
+        since = inst.holding_since if inst.holding_since is not None else now
+        held = msgspec.structs.replace(inst, holding_since=since, last_held=now, value=value)
+        if inst.firing_since is None and now - since >= cond.for_:
+            fired = msgspec.structs.replace(held, firing_since=now)
+            data: dict[str, object] = {
+                "condition": cond.name,
+                "metric": cond.metric,
+                "direction": "above" if cond.above else "below",
+                "group": dict(inst.group),
+                "value": value,
+                "threshold": cond.threshold,
+                "since": iso(since),
+                "for_seconds": round(now - since, 3),
+            }
+            return fired, ("condition.firing", data)
+        return held, None
+    if inst.firing_since is None:
+        return None, None  # stopped holding before it fired: forgotten
+    last = inst.last_held if inst.last_held is not None else now
+    if now - last >= cond.keep_firing_for:
+        data = {
+            "condition": cond.name,
+            "metric": cond.metric,
+            "group": dict(inst.group),
+            "value": value,
+            "firing_seconds": round(now - inst.firing_since, 3),
+        }
+        return None, ("condition.resolved", data)
+    return msgspec.structs.replace(inst, holding_since=None, value=value), None
+
+
+def inhibited_by(state: ConditionState, conditions: Sequence[Condition], event: Event) -> str | None:
+    """The firing condition that inhibits this event's deliveries, if one does: it lists
+    the event's type and the event's call is in its group (and matches it)."""
+    call = event.data.get("call")
+    if not isinstance(call, dict):
+        return None
+    fields: dict[str, str] | None = None
+    for cond in conditions:
+        if event.type not in cond.inhibits:
+            continue
+        fields = fields or {name: field_text(call.get(name)) for name in CALL_FIELDS}
+        if cond.matchers and not all(m.matches(fields) for m in cond.matchers):
+            continue
+        group = {g: fields[g] for g in cond.group_by}
+        instance = state.instances.get(instance_key(cond.name, group))
+        if instance is not None and instance.firing_since is not None:
+            return cond.name
+    return None
+
+
+def apply(transition: Transition, conditions: Sequence[Condition], now: float) -> Transition:
+    """Detection's transition with the conditions' events appended (numbered after its
+    own) and their state in the new detection state, committed together."""
+    if not conditions and not transition.state.conditions.instances:
+        return transition
+    state: DetectState = transition.state
+    conditions_state, found = evaluate(conditions, state.conditions, state.calls, transition.events, now)
+    events = [
+        Event(
+            id=event_id(state.instance, state.next_seq + i),
+            type=kind,
+            detected_at=now,
+            data={**data, "source": state.name},
+        )
+        for i, (kind, data) in enumerate(found)
+    ]
+    new = msgspec.structs.replace(state, conditions=conditions_state, next_seq=state.next_seq + len(events))
+    return msgspec.structs.replace(transition, state=new, events=transition.events + events)
