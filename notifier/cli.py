@@ -379,6 +379,9 @@ def _detail(event: Event) -> str:
         return f"{call.get('to') or ''} {call.get('status') or ''}".strip()
     if event.type == "source.unreachable":
         return f"{event.data.get('consecutive_failures')} failures: {event.data.get('last_error')}"
+    if event.type.startswith("condition."):
+        group = " ".join(f"{k}={v}" for k, v in (event.data.get("group") or {}).items())
+        return f"{event.data.get('condition')} {group} {event.data.get('metric')}={event.data.get('value')}"
     return ""
 
 
@@ -432,7 +435,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     if not found:
         print(f"no {args.status} deliveries" if args.status else "no deliveries recorded yet")
         return 0
-    print(f"{'id':>6}  {'status':<7}  {'created (UTC)':<24}  {'target':<12}  {'rule':<20}  {'event':<21}  attempts")
+    print(f"{'id':>6}  {'status':<9}  {'created (UTC)':<24}  {'target':<12}  {'rule':<20}  {'event':<21}  attempts")
     for d in found:
         digest = f" +{d.event_count - 1}" if d.event_count > 1 else ""
         when = f"; next {iso(d.next_attempt_at)}" if d.status == "pending" and d.attempts else ""
@@ -443,7 +446,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         error = f"; last error: {d.last_error}" if d.last_error else ""
         print(
             printable(
-                f"{d.id:>6}  {d.status:<7}  {iso(d.created_at):<24}  {d.target:<12}  {d.rule or '-':<20}  "
+                f"{d.id:>6}  {d.status:<9}  {iso(d.created_at):<24}  {d.target:<12}  {d.rule or '-':<20}  "
                 f"{d.event_id + digest:<21}  {d.attempts}{when}{error}"
             )
         )

@@ -1,0 +1,216 @@
+"""Conditions, the pure part: fire after holding ``for``, resolve after
+``keep_firing_for``, untouched by a failed poll, the same across a restart, and a group
+that is gone resolves; inhibition follows the firing group."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from notifier.conditions import Condition, apply, evaluate, inhibited_by
+from notifier.detect import DetectSettings, DetectState, detect
+from notifier.model import IN_PROGRESS, QUEUED, Call, CallState, ConditionState, Event, PollFailure, call_payload
+from notifier.route import parse_matcher
+from notifier.simulator import BlandSimulator, wire_call
+from tests.conftest import DaemonProcess, cli_env, wait_for, write_config
+from tests.receivers import Receiver
+from tests.test_quieting import deliveries
+
+T0 = 1_800_000_000.0
+
+
+def calls(queued: int, running: int = 0, pathway: str = "pw-1", first_seen: float = T0) -> dict[str, CallState]:
+    found = {}
+    for i in range(queued):
+        call = Call(call_id=f"{pathway}-q{i}", status=QUEUED, pathway_id=pathway)
+        found[call.call_id] = CallState(call=call, first_seen=first_seen)
+    for i in range(running):
+        call = Call(call_id=f"{pathway}-r{i}", status=IN_PROGRESS, pathway_id=pathway)
+        found[call.call_id] = CallState(call=call, first_seen=first_seen, started=True)
+    return found
+
+
+BACKLOG = Condition("backlog", "queued", 3.0, above=True, for_=30.0, keep_firing_for=20.0)
+
+
+def run(cond: Condition, polls: list[tuple[float, dict[str, CallState]]], state: ConditionState | None = None):
+    state = state or ConditionState()
+    out = []
+    for now, snapshot in polls:
+        state, found = evaluate([cond], state, snapshot, [], now)
+        out.extend((now, kind, data) for kind, data in found)
+    return state, out
+
+
+def reference(cond: Condition, polls: list[tuple[float, int]]) -> list[tuple[float, str]]:
+    """SPEC read literally, for one group: fires at the first poll where it has held since
+    a poll at least ``for`` ago (all polls between holding), resolves at the first poll at
+    least ``keep_firing_for`` after the last poll that held."""
+    events, since, firing, last = [], None, False, None
+    for now, value in polls:
+        if cond.holds(value):
+            since = now if since is None else since
+            last = now
+            if not firing and now - since >= cond.for_:
+                firing = True
+                events.append((now, "condition.firing"))
+        else:
+            since = None
+            if firing and now - last >= cond.keep_firing_for:  # type: ignore[operator]
+                firing = False
+                events.append((now, "condition.resolved"))
+    return events
+
+
+POLLS = st.lists(st.tuples(st.floats(1.0, 15.0), st.integers(0, 6)), min_size=1, max_size=40)
+
+
+def timeline(steps: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    now, found = T0, []
+    for gap, value in steps:
+        now += round(gap, 3)
+        found.append((now, value))
+    return found
+
+
+@given(POLLS)
+def test_fires_after_holding_for_and_resolves_after_keep_firing_for_as_the_reference_says(
+    steps: list[tuple[float, int]],
+) -> None:
+    polls = timeline(steps)
+    _, got = run(BACKLOG, [(now, calls(value)) for now, value in polls])
+    assert [(now, kind) for now, kind, _ in got] == reference(BACKLOG, polls)
+    for _, kind, data in got:
+        assert data["condition"] == "backlog" and data["group"] == {}
+        if kind == "condition.firing":
+            assert data["value"] > 3 and data["threshold"] == 3.0 and data["for_seconds"] >= 30.0
+
+
+@given(POLLS, st.integers(0, 39))
+def test_a_restart_from_the_committed_state_gives_the_same_events(steps: list[tuple[float, int]], cut: int) -> None:
+    polls = [(now, calls(value)) for now, value in timeline(steps)]
+    _, straight = run(BACKLOG, polls)
+    cut = min(cut, len(polls))
+    state, first = run(BACKLOG, polls[:cut])
+    stored = msgspec.json.decode(msgspec.json.encode(state), type=ConditionState)  # as the store keeps it
+    _, second = run(BACKLOG, polls[cut:], stored)
+    assert first + second == straight
+
+
+def test_a_failed_poll_changes_no_condition() -> None:
+    settings = DetectSettings()
+    state = DetectState("i", conditions=run(BACKLOG, [(T0, calls(5)), (T0 + 40, calls(5))])[0])
+    assert state.conditions.firing()
+    after = detect(state, PollFailure("HTTP 503"), T0 + 100, settings)
+    assert after.state.conditions == state.conditions and not after.events
+
+
+def test_groups_fire_on_their_own_and_a_group_that_is_gone_resolves() -> None:
+    per_pathway = Condition("backlog", "queued", 3.0, above=True, group_by=("pathway_id",))
+    both = {**calls(5, pathway="pw-7"), **calls(1, pathway="pw-8")}
+    state, found = run(per_pathway, [(T0, both)])
+    assert [(k, d["group"], d["value"]) for _, k, d in found] == [("condition.firing", {"pathway_id": "pw-7"}, 5.0)]
+    state, found = run(per_pathway, [(T0 + 5, calls(1, pathway="pw-8"))], state)  # pw-7's calls all ended
+    assert [(k, d["group"], d["firing_seconds"]) for _, k, d in found] == [
+        ("condition.resolved", {"pathway_id": "pw-7"}, 5.0)
+    ]
+    assert not state.instances
+
+
+def test_below_oldest_and_rates() -> None:
+    idle = Condition("nothing starting", "started_per_minute", 1.0, above=False, for_=0.0)
+    started = [
+        Event(id=f"e{i}", type="call.started", detected_at=T0, data={"call": call_payload(Call(call_id=f"c{i}"))})
+        for i in range(10)
+    ]
+    state, found = evaluate([idle], ConditionState(), {}, started, T0)
+    assert found == []  # 10 in 5 minutes = 2 a minute
+    state, found = evaluate([idle], state, {}, [], T0 + 301)  # the window moved past them
+    assert [(k, d["value"]) for k, d in found] == [("condition.firing", 0.0)]
+    oldest = Condition("old", "oldest_queued_seconds", 60.0, above=True)
+    _, found = evaluate([oldest], ConditionState(), calls(2, first_seen=T0), [], T0 + 90.5)
+    assert [(k, d["value"]) for k, d in found] == [("condition.firing", 90.5)]
+    matching = Condition("uk", "active", 0.0, above=True, matchers=(parse_matcher('pathway_id = "pw-9"'),))
+    _, found = evaluate([matching], ConditionState(), {**calls(2, 1), **calls(1, pathway="pw-9")}, [], T0)
+    assert [d["value"] for _, d in found] == [1.0]
+
+
+def test_condition_events_are_numbered_after_detections_and_inhibit_their_group() -> None:
+    cond = Condition("backlog", "queued", 1.0, above=True, group_by=("pathway_id",), inhibits=("call.stuck_queued",))
+    state = DetectState("inst", calls={**calls(3, pathway="pw-7"), **calls(1, pathway="pw-8")}, next_seq=5)
+    transition = detect(state, _snapshot(state), T0, DetectSettings())
+    applied = apply(transition, [cond], T0)
+    assert [e.id for e in applied.events] == ["evt_inst_0000000005"] and applied.state.next_seq == 6
+    assert applied.events[0].data["source"] == "default"
+
+    def stuck(pathway: str) -> Event:
+        call = call_payload(Call(call_id="x", pathway_id=pathway, status=QUEUED))
+        return Event(id="s", type="call.stuck_queued", detected_at=T0, data={"call": call})
+
+    assert inhibited_by(applied.state.conditions, [cond], stuck("pw-7")) == "backlog"
+    assert inhibited_by(applied.state.conditions, [cond], stuck("pw-8")) is None  # not firing there
+    started = Event(id="t", type="call.started", detected_at=T0, data=stuck("pw-7").data)
+    assert inhibited_by(applied.state.conditions, [cond], started) is None  # a type it does not list
+
+
+def _snapshot(state: DetectState):  # type: ignore[no-untyped-def]
+    from notifier.model import Snapshot
+
+    return Snapshot(calls={cid: cs.call for cid, cs in state.calls.items()})
+
+
+def test_a_backlog_on_one_pathway_fires_once_inhibits_its_stuck_calls_only_and_resolves(
+    tmp_path: Path, sim: BlandSimulator
+) -> None:
+    config = """
+[detect]
+announce_existing = false
+stuck_queued_after = "1s"
+[[conditions]]
+name = "backlog"
+metric = "queued"
+above = 2
+group_by = ["pathway_id"]
+inhibits = ["call.stuck_queued"]
+[targets.crm]
+url = "{url}"
+[[rules]]
+name = "all"
+events = ["condition.*", "call.stuck_queued"]
+targets = ["crm"]
+"""
+    with Receiver() as rx:
+        write_config(tmp_path, sim, config.format(url=rx.url))
+        env = cli_env(sim, tmp_path)
+        backlog = [wire_call(f"b{i}", pathway_id="pw-7") for i in range(4)]
+        sim.set_calls([*backlog, wire_call("lone", pathway_id="pw-8")])
+        daemon = DaemonProcess(tmp_path, env)
+
+        def kinds() -> list[tuple[str, str]]:
+            return [
+                (r.json["type"], (r.json["data"].get("call") or {}).get("call_id") or r.json["data"]["condition"])
+                for r in rx.received
+            ]
+
+        wait_for(lambda: ("call.stuck_queued", "lone") in kinds())
+        wait_for(lambda: len(deliveries(env, tmp_path, "--status", "inhibited")) == 4)
+        assert kinds().count(("condition.firing", "backlog")) == 1
+        firing = next(r.json["data"] for r in rx.received if r.json["type"] == "condition.firing")
+        assert firing["group"] == {"pathway_id": "pw-7"} and firing["value"] == 4.0 and firing["threshold"] == 2.0
+        assert {d["quieted_by"] for d in deliveries(env, tmp_path, "--status", "inhibited")} == {"backlog"}
+        assert not [k for k in kinds() if k[0] == "call.stuck_queued" and k[1].startswith("b")]
+        sim.set_calls([wire_call("lone", pathway_id="pw-8")])  # the backlog drains
+        wait_for(lambda: ("condition.resolved", "backlog") in kinds())
+        resolved = next(r.json["data"] for r in rx.received if r.json["type"] == "condition.resolved")
+        assert resolved["group"] == {"pathway_id": "pw-7"} and resolved["value"] == 0.0
+        assert kinds().count(("condition.firing", "backlog")) == 1
+        assert daemon.stop() == 0
+        # the condition's state was committed: a restart announces nothing again
+        daemon = DaemonProcess(tmp_path, env)
+        time.sleep(1.0)
+        assert kinds().count(("condition.resolved", "backlog")) == 1
+        assert daemon.stop() == 0
