@@ -263,6 +263,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {rule.name}: {', '.join(rule.event_types)} where {matchers} -> {', '.join(rule.targets)}")
     if not config.rules:
         print("  (none: events are recorded but not sent anywhere)")
+    if config.conditions:
+        print("conditions:")
+        for cond in config.conditions:
+            when = f"{cond.metric} {'>' if cond.above else '<'} {cond.threshold:g}"
+            grouped = f" per {', '.join(cond.group_by)}" if cond.group_by else ""
+            counted = f" of calls where {' and '.join(str(m) for m in cond.matchers)}" if cond.matchers else ""
+            inhibits = f"; inhibits {', '.join(cond.inhibits)}" if cond.inhibits else ""
+            print(f"  {cond.name}: {when}{counted}{grouped} for {format_duration(cond.for_)}{inhibits}")
     if config.time_intervals:
         print("time intervals:")
         now = time.time()

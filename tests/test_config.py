@@ -223,6 +223,6 @@ def test_the_example_config_is_valid(tmp_path: Path) -> None:
         (creds / name).write_text(value + "\n")
     result = run_cli(["check", str(example)], cli_env(None, tmp_path, CREDENTIALS_DIRECTORY=str(creds)), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(" -> ") == 5
+    assert result.stdout.count(" -> ") == 6
     for value in values.values():
         assert value not in result.stdout + result.stderr
