@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--error-rate", type=float, default=0.0, help="share of polls answered with an error")
     simulate.add_argument("--latency", default="0s", help='added to every answer, e.g. "300ms"')
     simulate.add_argument("--outage", metavar="AFTER:FOR", help='an outage window, e.g. "2m:90s"')
+    simulate.add_argument(
+        "--backlog", metavar="AFTER:CALLS", help='a backlog episode on one pathway, e.g. "1m:40" (trips conditions)'
+    )
 
     demo = commands.add_parser("demo", help="the daemon against the simulator, notifications in the terminal")
     demo.add_argument("--seed", type=int, default=None)
@@ -552,6 +555,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     try:
         latency = parse_duration(args.latency)
+        backlog = None
+        if args.backlog:
+            after, _, size = args.backlog.partition(":")
+            if not size.isdigit():
+                raise ValueError(f"--backlog {args.backlog!r}: expected AFTER:CALLS, e.g. 1m:40")
+            backlog = (parse_duration(after) / args.time_scale, int(size))
         outage = None
         if args.outage:
             after, _, length = args.outage.partition(":")
@@ -561,7 +570,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"notifier: simulate: {exc}", file=sys.stderr)
         return 2
     sim = BlandSimulator(args.port, api_key=args.api_key, org_id=args.org_id, seed=args.seed)
-    sim.drive(TrafficModel(args.seed, time_scale=args.time_scale))
+    sim.drive(TrafficModel(args.seed, time_scale=args.time_scale, backlog=backlog))
     sim.configure(latency=latency, error_rate=args.error_rate, outage=outage)
     print(
         f"Simulated Bland API on {sim.base_url}\n\n"

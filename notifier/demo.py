@@ -39,6 +39,14 @@ announce_existing = true
 stuck_queued_after = "6s"
 long_running_after = "40s"
 
+[[conditions]]
+name = "queue backlog"
+metric = "queued"
+above = 5
+for = "3s"
+group_by = ["pathway_id"]
+inhibits = ["call.stuck_queued"]
+
 [targets.console]
 url = "console://"
 min_interval = "0s"
@@ -52,7 +60,9 @@ digest_after = 6
 
 
 def run_demo(seed: int | None = None, duration: float | None = None) -> int:
-    model = TrafficModel(seed, time_scale=0.1, trickle_per_minute=3.0, burst_every=250.0, burst_size=(4, 9))
+    model = TrafficModel(
+        seed, time_scale=0.1, trickle_per_minute=3.0, burst_every=250.0, burst_size=(4, 9), backlog=(50.0, 10)
+    )
     with tempfile.TemporaryDirectory(prefix="bland-notifier-demo-") as workdir, BlandSimulator(seed=seed) as sim:
         sim.drive(model)
         path = Path(workdir) / "notifier.toml"
@@ -61,7 +71,9 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
         config = load_config(path, env)
         print(
             f"bland-notifier demo: a simulated Bland API at {sim.base_url}, polled every second.\n"
-            "Calls queue, start, get stuck (queued > 6s) and end; every event prints below.\n"
+            "Calls queue, start, get stuck (queued > 6s) and end; after 5s a backlog of 10 calls on one\n"
+            "pathway fires a campaign-health condition (which holds back that pathway's stuck-call\n"
+            "messages) until it drains. Every event prints below.\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
@@ -106,5 +118,5 @@ def _summary(url: str, env: dict[str, str]) -> None:
         store.close()
     print("\nSummary", file=sys.stdout)
     for event_type, count in sorted(events.items(), key=lambda item: list(_WORDS).index(item[0])):
-        print(f"  {_WORDS[event_type]:<16}{count:>5}   ({event_type})")
+        print(f"  {_WORDS[event_type]:<20}{count:>5}   ({event_type})")
     print(f"  deliveries: {', '.join(f'{n} {s}' for s, n in sorted(deliveries.items())) or 'none'}", flush=True)

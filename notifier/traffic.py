@@ -86,6 +86,7 @@ class TrafficModel:
         burst_size: tuple[int, int] = (10, 40),
         international_share: float = 0.1,
         never_start_share: float = 0.05,
+        backlog: tuple[float, int] | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.scale = time_scale
@@ -98,12 +99,21 @@ class TrafficModel:
         self.ended: dict[str, dict[str, Any]] = {}
         self._last: float | None = None
         self._next_burst: float | None = None
+        # A backlog episode: (after how long, how many calls) on one pathway, all queued
+        # behind each other, so a campaign-health condition fires, then resolves as it drains.
+        self._backlog = (backlog[0] * time_scale, backlog[1]) if backlog else None
+        self._backlog_at: float | None = None
 
     def tick(self, now: float) -> None:
         """Advance the model to ``now``: arrivals, starts and ends since the last tick."""
         if self._last is None:
             self._last = now
             self._next_burst = now
+            self._backlog_at = now + self._backlog[0] if self._backlog else None
+        if self._backlog_at is not None and self._backlog_at <= now and self._backlog:
+            for position in range(self._backlog[1]):
+                self._arrive(self._backlog_at, position, pathway=PATHWAYS[0], always_starts=True)
+            self._backlog_at = None
         elapsed = max(0.0, now - self._last)
         arrivals = self._poisson(self.trickle * elapsed)
         for _ in range(arrivals):
@@ -123,7 +133,9 @@ class TrafficModel:
     def active(self, now: float) -> list[dict[str, str]]:
         return [call.wire(now) for call in self.calls.values()]
 
-    def _arrive(self, at: float, queue_position: int = 0) -> None:
+    def _arrive(
+        self, at: float, queue_position: int = 0, pathway: str | None = None, always_starts: bool = False
+    ) -> None:
         rng = self.rng
         international = rng.random() < self.international_share
         prefix = rng.choice(INTERNATIONAL if international else DOMESTIC)
@@ -131,7 +143,7 @@ class TrafficModel:
         # a batch queues behind itself (~30 s a place), so big bursts leave calls stuck.
         wait = (min(rng.lognormvariate(math.log(20), 1.1), 1800) + 30 * queue_position) * self.scale
         duration = min(rng.lognormvariate(math.log(150), 0.6), 3600) * self.scale
-        never = rng.random() < self.never_start_share
+        never = rng.random() < self.never_start_share and not always_starts
         call = SimCall(
             call_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             created=at,
@@ -139,7 +151,7 @@ class TrafficModel:
             from_="+1415555" + f"{rng.randint(0, 9999):04d}",
             international=international,
             objective=rng.choice(OBJECTIVES),
-            pathway_id=rng.choice(PATHWAYS),
+            pathway_id=rng.choice(PATHWAYS) if pathway is None else pathway,
             starts_at=None if never else at + wait,
             ends_at=at + wait + (0 if never else duration) + (rng.uniform(30, 90) * self.scale if never else 0),
         )

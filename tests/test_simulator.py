@@ -125,6 +125,9 @@ def test_demo_shows_every_kind_of_notification_within_30_seconds(tmp_path: Path)
     ended = out.split(" ended", 1)[1].split("\n\n", 1)[0]
     assert "Outcome: " in ended and "Status:" not in ended and " min" not in ended, ended
     assert re.search(r"^  ended +\d+   \(call\.disappeared\)$", out, re.M), out[-600:]
+    # the backlog episode: a campaign-health condition fires and resolves within the run
+    assert re.search(r"queue backlog: \d+ calls queued on pathway_id pw-appointments", out), out[-600:]
+    assert "queue backlog resolved: " in out
     assert "\x1b[" not in out  # not a terminal: plain text
     assert result.stderr == ""
 
