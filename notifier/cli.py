@@ -842,7 +842,7 @@ def cmd_route_test(args: argparse.Namespace) -> int:
             outcome += f" ({row['by']})"
             if "until" in row:
                 until = row["until"]
-                outcome += f" until {_local_and_utc(parse_iso(until)) if until else 'no end within five years'}"
+                outcome += f" until {_local_and_utc(parse_iso(until)) if until else 'no end within 400 days'}"
         print(printable(f"  {row['target']:<16} {row['rule'] or '-':<28} {outcome}"))
     for row in results:
         if row["outcome"] != "send":

@@ -528,6 +528,8 @@ class Daemon:
             self.dispatcher.update(new)
             if set(new.targets) != set(old.targets):
                 await self.dispatcher.retire_removed_targets()
+            if new.rules != old.rules:  # a mute ended, moved or went: what it held is judged again now
+                await self.dispatcher.release_held()
         if new.http != old.http:
             log.warning("[http] changes take effect at the next restart")
         if new.heartbeat != old.heartbeat:

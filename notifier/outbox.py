@@ -115,6 +115,16 @@ class Dispatcher:
         if retired:
             log.warning("deliveries to removed targets are dead (redeliver re-queues them)", extra=kv(count=retired))
 
+    async def release_held(self) -> None:
+        try:
+            released = await anyio.to_thread.run_sync(self.store.release_held, self.clock())
+        except SQLAlchemyError as exc:
+            log.error("could not release held deliveries after a reload", extra=kv(error=error_reason(exc)))
+            return
+        if released:
+            log.info("held deliveries are judged again under the new config", extra=kv(count=released))
+            self.wake()
+
     def update(self, config: Config) -> None:
         """Apply a (re)loaded config: start, restart or stop workers as targets changed."""
         self.config = config
@@ -231,7 +241,7 @@ class Dispatcher:
         judge = judge_hops(now, silences)
         rules = {rule.name: rule for rule in self.config.rules}
         send: list[tuple[Delivery, list[Event]]] = []
-        released: dict[str, list[Delivery]] = {}
+        released: set[str] = set()  # rules some held delivery of which is free now
         for delivery, events in batch:
             rule = rules.get(delivery.rule)
             verdicts = [judge(rule, target.name, event) for event in events]
@@ -243,17 +253,27 @@ class Dispatcher:
                 if status != "pending" and self.on_attempt is not None:
                     self.on_attempt(delivery, status)
                 continue
+            if quiet is not None:  # a digest some of whose events are quiet now: those leave it
+                peeled = [
+                    (e.id, v.action, v.reason or "") for e, v in zip(events, verdicts, strict=True) if not v.sends
+                ]
+                if all(action in ("silenced", "inhibited", "muted") for _, action, _ in peeled):
+                    await anyio.to_thread.run_sync(self.store.peel, delivery, peeled, now)
+                    outcomes.update(action for _, action, _ in peeled)
+                    events = [e for e, v in zip(events, verdicts, strict=True) if v.sends]
             if delivery.quieted_by is not None and rule is not None:
-                released.setdefault(rule.name, []).append(delivery)
+                released.add(rule.name)
             send.append((delivery, events))
         digested: set[int] = set()
-        for name, held in released.items():
+        for name in released:
             limit = rules[name].digest_after
-            if not (target.name in self.config.digestible and limit and len(held) > limit):
+            if not (target.name in self.config.digestible and limit):
                 continue
-            if await anyio.to_thread.run_sync(self.store.digest_held, [d.id for d in held], now) is not None:
-                digested.update(d.id for d in held)
-                outcomes["digested"] += len(held)
+            every = await anyio.to_thread.run_sync(self.store.held_due, target.name, name, now)
+            if len(every) <= limit or await anyio.to_thread.run_sync(self.store.digest_held, every, now) is None:
+                continue
+            digested.update(every)
+            outcomes["digested"] += len(every)
         return [(d, events) for d, events in send if d.id not in digested]
 
     async def _attempt(self, target: Target, channel: Channel, delivery: Delivery, events: list[Event]) -> str:

@@ -73,6 +73,7 @@ def judge(
     now: float,
     silences: Sequence[Silence],
     inhibited_by: str | None = None,
+    muting: dict[str, Verdict] | None = None,
 ) -> Verdict:
     """Silences first (they are someone's explicit decision), then a firing condition
     that inhibits the event (``inhibited_by``, its name), then the rule's mute.
@@ -86,6 +87,14 @@ def judge(
         return Verdict(INHIBITED, inhibited_by)
     if rule is None or not rule.muting:
         return GO
+    if muting is None:
+        return _mute(rule, now)
+    if rule.name not in muting:
+        muting[rule.name] = _mute(rule, now)
+    return muting[rule.name]
+
+
+def _mute(rule: Rule, now: float) -> Verdict:
     muted = rule.muting.muted_by(now)
     if muted is None:
         return GO
@@ -93,7 +102,7 @@ def judge(
         until = rule.muting.until(now)
         if until is not None:
             return Verdict(DEFERRED, muted, until)
-        muted += " (no end within five years)"
+        muted += " (no end within 400 days)"
     return Verdict(MUTED, muted)
 
 
@@ -105,11 +114,12 @@ def judge_hops(
     condition that inhibits an event, if any."""
     active = [s for s in silences if s.active(now)]
     cache: dict[str, dict[str, str]] = {}
+    muting: dict[str, Verdict] = {}  # a rule's mute is one verdict per instant: computed once
 
     def one(rule: Rule | None, target: str, event: Event) -> Verdict:
         fields = cache.get(event.id) if active else {}
         if fields is None:
             fields = cache[event.id] = event_fields(event)
-        return judge(rule, target, fields, now, active, inhibit(event) if inhibit is not None else None)
+        return judge(rule, target, fields, now, active, inhibit(event) if inhibit is not None else None, muting)
 
     return one

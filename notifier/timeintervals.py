@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")  # Alertmanager's order
 MONTHS = tuple(name.lower() for name in calendar.month_name[1:])
 #: How far ahead the end of a mute is looked for; past it, the mute has "no end in sight".
-HORIZON_DAYS = 5 * 366
-_TIME = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+HORIZON_DAYS = 400
+_TIME = re.compile(r"([01]\d|2[0-4]):([0-5]\d)")
 
 
 class IntervalError(ValueError):
@@ -64,10 +64,12 @@ class Entry:
 
     def boundaries(self, day: date) -> Iterator[float]:
         """Instants of this local day where the entry may change: midnight, each
-        ``times`` edge, and a daylight-saving jump (each wall time in both folds)."""
+        ``times`` edge on a day that fits, and a daylight-saving jump (each wall time in
+        both folds: one that does not exist, or exists twice, is covered either way)."""
         minutes = {0}
-        for start, end in self.times or ():
-            minutes.update((start, end % 1440))
+        if self.times is not None and self._day_fits(day):
+            for start, end in self.times:
+                minutes.update((start, end % 1440))
         for minute in sorted(minutes):
             wall = datetime(day.year, day.month, day.day, minute // 60, minute % 60)
             for fold in (0, 1):
@@ -124,9 +126,21 @@ class TimeInterval:
 
 
 def _entry_boundaries(entry: Entry, after: float) -> Iterator[float]:
+    """In order: a day's candidates can fall a few hours into the next (a jump found
+    ahead, a wall time shifted by its fold), so they wait in a heap until no later day
+    can bring an earlier one."""
     day = datetime.fromtimestamp(after, entry.zone).date() - timedelta(days=1)
+    pending: list[float] = []
     for offset in range(HORIZON_DAYS):
-        yield from sorted(set(entry.boundaries(day + timedelta(days=offset))))
+        current = day + timedelta(days=offset)
+        for instant in entry.boundaries(current):
+            heapq.heappush(pending, instant)
+        following = current + timedelta(days=1)
+        safe = datetime(following.year, following.month, following.day, tzinfo=entry.zone).timestamp() - 4 * 3600
+        while pending and pending[0] < safe:
+            yield heapq.heappop(pending)
+    while pending:
+        yield heapq.heappop(pending)
 
 
 @dataclass(frozen=True)
@@ -215,11 +229,19 @@ def _times(raw: Any, key: str) -> tuple[tuple[int, int], ...]:
                 f'{{ start = "{item["start"]}", end = "24:00" }}, {{ start = "00:00", end = "{item["end"]}" }}',
             )
         found.append((start, end))
-    return tuple(found)
+    if not found:
+        raise IntervalError(key, "an empty list is never active; leave times out for the whole day")
+    merged: list[tuple[int, int]] = []  # touching ranges as one: fewer edges to look at
+    for start, end in sorted(found):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
 
 
 def _minute(value: Any, key: str) -> int:
-    found = _TIME.match(value) if isinstance(value, str) else None
+    found = _TIME.fullmatch(value) if isinstance(value, str) else None
     if found is None or (found.group(1) == "24" and found.group(2) != "00"):
         raise IntervalError(key, f'expected "HH:MM" from "00:00" to "24:00", got {value!r}')
     return int(found.group(1)) * 60 + int(found.group(2))
@@ -275,5 +297,7 @@ def _days(values: Any, key: str) -> tuple[tuple[int, int], ...]:
             raise IntervalError(where, f"{text!r}: days are 1 to 31, or -1 to -31 counted from the month's end")
         if (start > 0) == (end > 0) and start > end:
             raise IntervalError(where, f"{text!r}: the range's start is after its end")
+        if start < 0 < end:
+            raise IntervalError(where, f"{text!r}: a range that starts from the month's end must end there too")
         found.append((start, end))
     return tuple(found)

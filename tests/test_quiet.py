@@ -47,7 +47,7 @@ def test_a_silence_wins_over_a_mute_and_a_mute_drops_or_defers() -> None:
     assert judge(weekend, "t", fields, saturday, []) == Verdict("deferred", "weekend", MONDAY_NOON - 12 * 3600)
     assert judge(weekend, "t", fields, MONDAY_NOON, []) == GO
     forever = rule(muting=Muting(mute=(ALWAYS,)), when_muted="defer")  # no end: dropped, and said why
-    assert judge(forever, "t", fields, MONDAY_NOON, []) == Verdict("muted", "always (no end within five years)")
+    assert judge(forever, "t", fields, MONDAY_NOON, []) == Verdict("muted", "always (no end within 400 days)")
 
 
 def test_planning_digests_only_what_goes_out_and_records_the_rest_one_by_one() -> None:

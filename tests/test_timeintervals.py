@@ -185,3 +185,21 @@ def test_names_and_numbers_for_months_are_the_same() -> None:
     for instant in (at("2026-12-15T00:00:00+00:00"), at("2026-11-15T00:00:00+00:00")):
         assert by_name.active(instant) == by_number.active(instant)
     assert datetime.fromtimestamp(at("2026-12-15T00:00:00+00:00"), UTC).month == 12
+
+
+def test_the_end_of_a_mute_on_a_daylight_saving_night_is_not_hours_late() -> None:
+    saturday = Muting(mute=(parse_interval("sat", [{"location": "America/New_York", "weekdays": ["saturday"]}]),))
+    assert saturday.until(at("2026-10-31T12:00:00+00:00")) == at("2026-11-01T04:00:00+00:00")  # before fall back
+    assert saturday.until(at("2026-03-07T12:00:00+00:00")) == at("2026-03-08T05:00:00+00:00")  # before spring forward
+    late = parse_interval("late", [{"location": "America/New_York", "times": [{"start": "22:00", "end": "24:00"}]}])
+    assert Muting(mute=(late,)).until(at("2026-03-07T23:30:00-05:00")) == at("2026-03-08T05:00:00+00:00")
+
+
+def test_touching_ranges_are_one_and_an_always_active_mute_has_no_end() -> None:
+    slots = [
+        {"start": f"{h:02}:{m:02}", "end": f"{h + (m == 30):02}:{(m + 30) % 60:02}"} for h in range(24) for m in (0, 30)
+    ]
+    slots[-1]["end"] = "24:00"
+    always = parse_interval("a", [{"location": "America/New_York", "times": slots}])
+    assert always.entries[0].times == ((0, 1440),)
+    assert Muting(mute=(always,)).until(at("2026-12-01T12:00:00+00:00")) is None
