@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import getpass
+import math
 import os
 import re
 import secrets
@@ -145,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = commands.add_parser("replay", help="what a config would have delivered for the stored events")
     rp.add_argument("--since", required=True, metavar="DURATION", help='e.g. "24h"')
+    rp.add_argument(
+        "--config", dest="other", metavar="OTHER", help="route through this config's rules (the store stays this one's)"
+    )
     rp.add_argument("--json", action="store_true", help="machine-readable output")
 
     db = commands.add_parser("db", help="database maintenance")
@@ -186,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `notifier events | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _config(args: argparse.Namespace, credentials: Credentials | None = None) -> Config:
@@ -652,6 +659,11 @@ def _instant(text: str, option: str) -> float:
     return moment.timestamp()
 
 
+#: Instants the commands take: from 1970 to the year 9000 (time zones and intervals
+#: need room on either side of the year 9999).
+_EPOCH_RANGE = (0.0, 221845392000.0)
+
+
 def _local_and_utc(ts: float) -> str:
     local = datetime.fromtimestamp(ts).astimezone()
     return f"{local.strftime('%Y-%m-%d %H:%M %Z')} ({iso(ts)})"
@@ -673,12 +685,16 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
             ends = _instant(args.until, "--until")
         if ends <= max(starts, now):
             raise _Usage("the silence would end before it starts (or in the past)")
-        if not args.comment.strip():
+        if ends > now + 100 * 366 * 86400:
+            raise _Usage("a silence ends within a hundred years (expire it sooner if need be)")
+        if all(m.matches({}) for m in matchers):
+            raise _Usage("these matchers hold for every delivery; silence something in particular")
+        if not args.comment.strip() or not any(c.isalnum() for c in args.comment):
             raise _Usage("--comment: say why, for whoever finds the silence")
     except (ValueError, _Usage) as exc:
         print(f"notifier: silence add: {exc}", file=sys.stderr)
         return 2
-    author = args.author or os.environ.get("SUDO_USER") or getpass.getuser()
+    author = (args.author or "").strip() or os.environ.get("SUDO_USER") or getpass.getuser()
     silence = Silence(f"sil_{secrets.token_hex(6)}", matchers, starts, ends, args.comment.strip(), author, now)
     store = _read_store(args)
     try:
@@ -773,14 +789,22 @@ def _sample(event_type: str, overrides: list[str], at: float) -> Event:
             raise _Usage(
                 f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(f for f in known if f != 'type')}"
             )
-        typed: Any = {"true": True, "false": False}.get(value, value)
-        if isinstance(data.get(name), float):
+        sample = data["call"].get(name) if name in CALL_FIELDS else data.get(name)
+        typed: Any = value
+        if isinstance(sample, bool) or name == "international":
+            if value not in ("true", "false"):
+                raise _Usage(f"{item!r}: {name} is true or false")
+            typed = value == "true"
+        elif isinstance(sample, (int, float)):
             try:
                 typed = float(value)
             except ValueError:
-                raise _Usage(f"{item!r}: {name} is a number") from None
+                typed = math.nan
+            if not math.isfinite(typed) or typed < 0:
+                raise _Usage(f"{item!r}: {name} is a number, 0 or more") from None
+            typed = int(typed) if isinstance(sample, int) and typed.is_integer() else typed
         if name in CALL_FIELDS:
-            data["call"][name] = typed if name == "international" else value
+            data["call"][name] = typed
         else:
             data[name] = typed
     call_id = data["call"]["call_id"] if "call" in data else None
@@ -795,11 +819,13 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     from notifier.route import event_fields, route
     from notifier.templates import TEXT, render
 
-    config = _config(args)
+    config = _config(args, Credentials(lenient=True))  # it sends nothing: credentials are not needed
     try:
         if args.type not in EVENT_TYPES:
             raise _Usage(f"{args.type!r} is not an event type; types: {', '.join(EVENT_TYPES)}")
         at = _instant(args.at, "--at") if args.at else time.time()
+        if not _EPOCH_RANGE[0] <= at <= _EPOCH_RANGE[1]:
+            raise _Usage(f"--at: {args.at!r} is outside the years 1970 to 9000")
         event = _sample(args.type, args.fields, at)
     except _Usage as exc:
         print(f"notifier: route-test: {exc}", file=sys.stderr)
@@ -861,11 +887,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from notifier.route import plan_deliveries
 
     try:
-        since = time.time() - parse_duration(args.since)
+        since = max(0.0, time.time() - parse_duration(args.since))
     except ValueError as exc:
         print(f"notifier: replay: --since: {exc}", file=sys.stderr)
         return 2
-    config = _config(args)
+    # It sends nothing: a credential it cannot read is no reason to refuse.
+    config = load_config(resolve_path(args.other or args.config), os.environ, Credentials(lenient=True))
     silences, note = _store_silences(config)
     store = _read_store(args)
     try:

@@ -4,6 +4,7 @@ muting that drops or defers (across a restart), and the dry runs route-test and 
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -250,3 +251,55 @@ def test_replay_compares_what_a_new_config_would_deliver_with_what_was(tmp_path:
         assert "1 messages (1 events, 0 digests)" in text and "2 sent" in text
         assert len(a.received) == 2 and len(b.received) == 2  # replay sent nothing
         assert (tmp_path / "notifier.db").read_bytes() == before  # and wrote nothing
+
+
+def test_a_long_deferral_waits_quietly_and_a_reload_that_ends_the_mute_releases_it(
+    tmp_path: Path, sim: BlandSimulator
+) -> None:
+    year = datetime.now(UTC).year
+    mute = f'[[time_intervals.year]]\nyears = ["{year}"]\n'
+    with Receiver() as a, Receiver() as b:
+        body = two_targets(a.url, b.url, 'mute_time_intervals = ["year"]\nwhen_muted = "defer"')
+        config = write_config(tmp_path, sim, mute + body)
+        env = cli_env(sim, tmp_path)
+        sim.set_calls([wire_call("held")])
+        daemon = DaemonProcess(tmp_path, env)
+        wait_for(lambda: len(b.received) == 1)
+        [held] = [d for d in deliveries(env, tmp_path) if d["target"] == "a"]
+        assert held["status"] == "pending" and held["next_attempt_at"] == f"{year + 1}-01-01T00:00:00.000Z"
+        time.sleep(2.0)  # far beyond retry_max: still not due, and the worker is not spinning on it
+        assert daemon.log.count("delivery batch target=a") <= 1 and not a.received
+        config.write_text(config.read_text().replace('mute_time_intervals = ["year"]\nwhen_muted = "defer"', ""))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(a.received) == 1, timeout=10)
+        assert "held deliveries are judged again under the new config count=1" in daemon.log
+        assert daemon.stop() == 0
+
+
+def test_the_dry_runs_need_no_credentials_and_bad_arguments_exit_2(tmp_path: Path, sim: BlandSimulator) -> None:
+    with Receiver() as a, Receiver() as b:
+        write_config(tmp_path, sim, two_targets(a.url, b.url))
+        env = cli_env(sim, tmp_path)
+        sim.set_calls([wire_call("x")])
+        assert run_cli(["once"], env, tmp_path).returncode == 0
+    other = write_config(
+        tmp_path,
+        sim,
+        two_targets("http://127.0.0.1:9/a", "http://127.0.0.1:9/b") + '[targets.c]\nurl = "${credential:nope}"\n',
+        name="other.toml",
+    )
+    replay = run_cli(["replay", "--since", "1h", "--config", str(other), "--json"], env, tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["config"] == str(other) and json.loads(replay.stdout)["events"] == 1
+    route = run_cli(["--config", str(other), "route-test", "call.appeared"], env, tmp_path)
+    assert route.returncode == 0, route.stderr
+    for args, message in (
+        (["route-test", "call.started", "was_stuck=maybe"], "was_stuck is true or false"),
+        (["route-test", "call.stuck_queued", "queued_for_seconds=inf"], "is a number, 0 or more"),
+        (["route-test", "call.appeared", "--at", "9999-12-31T03:00:00Z"], "outside the years 1970 to 9000"),
+        (["silence", "add", "rule =~ .*", "--for", "1h", "--comment", "all"], "hold for every delivery"),
+        (["silence", "add", 'rule = "x"', "--for", "99999999999d", "--comment", "long"], "within a hundred years"),
+        (["silence", "add", 'rule = "x"', "--for", "1h", "--comment", "\x1b"], "--comment: say why"),
+    ):
+        result = run_cli(args, env, tmp_path)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -697,7 +697,9 @@ class Store:
         or it had already ended."""
         with self.transaction() as conn:
             changed = conn.execute(
-                update(silences).where(silences.c.id == silence_id, silences.c.ends_at > now).values(ends_at=now)
+                update(silences)
+                .where(silences.c.id == silence_id, silences.c.ends_at > now)
+                .values(ends_at=now, starts_at=case((silences.c.starts_at > now, now), else_=silences.c.starts_at))
             ).rowcount
         return bool(changed)
 
