@@ -220,10 +220,12 @@ def changes(old: Config, new: Config) -> dict[str, str]:
             ("changed", [n for n in after if n in before and after[n] != before[n]]),
         ):
             if names:
-                found[f"{section}_{verb}"] = ",".join(names)
-    for section in ("detect", "http", "heartbeat"):
+                found[f"{section}_{verb}"] = ", ".join(repr(name) for name in names)
+    for section in ("detect", "heartbeat", "conditions", "time_intervals"):
         if getattr(old, section) != getattr(new, section):
             found[f"{section}_changed"] = "yes"
+    if old.http != new.http:
+        found["http_changed"] = "at the next restart"
     return found
 
 

@@ -102,7 +102,7 @@ def test_reload_swaps_routing_and_a_bad_reload_keeps_the_old_config(tmp_path: Pa
             write_config(tmp_path, sim, rules_for(a.url, b.url, "b"))
             daemon.proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "reloaded" in daemon.log)
-            assert "reloaded rules_changed=appeared\n" in daemon.log  # what changed, by name
+            assert "reloaded rules_changed='appeared'\n" in daemon.log  # what changed, by name
             sim.set_calls([wire_call("first"), wire_call("second")])
             wait_for(lambda: len(b.received) == 1)
             assert b.received[0].json["data"]["call"]["call_id"] == "second"
