@@ -759,18 +759,21 @@ def cmd_silence_expire(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_silences(config: Config) -> tuple[list[Any], str | None]:
-    """Every silence in the store (route-test and replay judge at other instants), or a
-    note saying why there are none to consider."""
+def _store_silences(config: Config, source: str = "default") -> tuple[list[Any], Any, str | None]:
+    """Every silence in the store (route-test and replay judge at other instants) and
+    the source's committed conditions, or a note saying why they are not considered."""
+    from notifier.model import ConditionState
+
     try:
         store = Store(config.storage.url, create=False)
     except StoreError as exc:
-        return [], f"silences not considered: {exc}"
+        return [], ConditionState(), f"silences and conditions not considered: {exc}"
     try:
         store.require_schema()
-        return store.silences(), None
+        return store.silences(), store.conditions_of(source), None
     except (StoreError, SQLAlchemyError) as exc:
-        return [], f"silences not considered: {error_reason(exc) if isinstance(exc, SQLAlchemyError) else exc}"
+        why = error_reason(exc) if isinstance(exc, SQLAlchemyError) else exc
+        return [], ConditionState(), f"silences and conditions not considered: {why}"
     finally:
         store.close()
 
@@ -814,6 +817,7 @@ def _sample(event_type: str, overrides: list[str], at: float) -> Event:
 def cmd_route_test(args: argparse.Namespace) -> int:
     from notifier.channels import make_channel
     from notifier.channels.webhook import webhook_body
+    from notifier.conditions import inhibited_by
     from notifier.model import EVENT_TYPES
     from notifier.quiet import judge
     from notifier.route import event_fields, route
@@ -830,7 +834,8 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     except _Usage as exc:
         print(f"notifier: route-test: {exc}", file=sys.stderr)
         return 2
-    silences, note = _store_silences(config)
+    silences, conditions, note = _store_silences(config, event.data.get("source", "default"))
+    inhibitor = inhibited_by(conditions, config.conditions, event)
     hops = {hop.target: hop for hop in route(event, config.rules)}
     fields = event_fields(event)
     results = []
@@ -839,7 +844,7 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         if hop is None:
             results.append({"target": name, "rule": None, "outcome": "no rule"})
             continue
-        verdict = judge(hop.rule, name, fields, at, silences)
+        verdict = judge(hop.rule, name, fields, at, silences, inhibitor)
         row: dict[str, Any] = {"target": name, "rule": hop.rule.name, "outcome": verdict.action}
         if verdict.reason:
             row["by"] = verdict.reason
@@ -864,7 +869,7 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         print(f"({note})")
     for row in results:
         outcome = row["outcome"]
-        if outcome in ("silenced", "muted", "deferred"):
+        if outcome in ("silenced", "inhibited", "muted", "deferred"):
             outcome += f" ({row['by']})"
             if "until" in row:
                 until = row["until"]
@@ -893,7 +898,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     # It sends nothing: a credential it cannot read is no reason to refuse.
     config = load_config(resolve_path(args.other or args.config), os.environ, Credentials(lenient=True))
-    silences, note = _store_silences(config)
+    silences, _, note = _store_silences(config)
     store = _read_store(args)
     try:
         found = store.events(since=since, limit=None)

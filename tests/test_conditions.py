@@ -4,6 +4,7 @@ that is gone resolves; inhibition follows the firing group."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from notifier.detect import DetectSettings, DetectState, detect
 from notifier.model import IN_PROGRESS, QUEUED, Call, CallState, ConditionState, Event, PollFailure, call_payload
 from notifier.route import parse_matcher
 from notifier.simulator import BlandSimulator, wire_call
-from tests.conftest import DaemonProcess, cli_env, wait_for, write_config
+from tests.conftest import DaemonProcess, cli_env, run_cli, wait_for, write_config
 from tests.receivers import Receiver
 from tests.test_quieting import deliveries
 
@@ -203,6 +204,10 @@ targets = ["crm"]
         assert firing["group"] == {"pathway_id": "pw-7"} and firing["value"] == 4.0 and firing["threshold"] == 2.0
         assert {d["quieted_by"] for d in deliveries(env, tmp_path, "--status", "inhibited")} == {"backlog"}
         assert not [k for k in kinds() if k[0] == "call.stuck_queued" and k[1].startswith("b")]
+        routed = run_cli(["route-test", "call.stuck_queued", "pathway_id=pw-7", "--json"], env, tmp_path)
+        assert [(t["outcome"], t.get("by")) for t in json.loads(routed.stdout)["targets"]] == [("inhibited", "backlog")]
+        other = run_cli(["route-test", "call.stuck_queued", "pathway_id=pw-8", "--json"], env, tmp_path)
+        assert [t["outcome"] for t in json.loads(other.stdout)["targets"]] == ["send"]
         sim.set_calls([wire_call("lone", pathway_id="pw-8")])  # the backlog drains
         wait_for(lambda: ("condition.resolved", "backlog") in kinds())
         resolved = next(r.json["data"] for r in rx.received if r.json["type"] == "condition.resolved")

@@ -260,6 +260,12 @@ class Store:
             conditions=_conditions_decoder.decode(row.conditions) if row.conditions else ConditionState(),
         )
 
+    def conditions_of(self, source: str) -> ConditionState:
+        """The committed condition state of one source (read only: ``route-test``)."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(sources.c.conditions).where(sources.c.name == source)).scalar()
+        return _conditions_decoder.decode(raw) if raw else ConditionState()
+
     def commit_poll(
         self,
         transition: Transition,
