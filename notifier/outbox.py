@@ -236,6 +236,8 @@ class Dispatcher:
         mute a reload extended, still applies. Deliveries a mute held, released together,
         become one digest (Apprise targets, more than the rule's ``digest_after``).
         Returns what is to be sent now."""
+        if not batch:
+            return batch
         now = self.clock()
         silences = await anyio.to_thread.run_sync(self.store.silences, now, abandon_on_cancel=True)
         judge = judge_hops(now, silences)
