@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notifier.quiet import GO, SILENCE_FIELDS, Silence, Verdict, judge, judge_hops, parse_silence_matchers
-from notifier.route import compile_rule, event_fields, parse_matcher, plan_deliveries
+from notifier.route import PlannedDelivery, RuleError, compile_rule, event_fields, parse_matcher, plan_deliveries
 from notifier.timeintervals import Muting, parse_interval
 from tests.test_route import ev
 
@@ -80,3 +80,38 @@ def test_a_silence_holds_exactly_when_the_same_matcher_in_a_rule_would(to: str, 
     in_rule = compile_rule(name="r", events=["call.*"], match=[text], targets=["t"]).fits("call.stuck_queued", fields)
     silenced = judge(rule(), "t", fields, 1.0, [silence(text)]).action == "silenced"
     assert silenced == in_rule
+
+
+def test_a_silence_holds_from_its_first_instant_and_on_the_rule_it_names() -> None:
+    fields = event_fields(ev())
+    assert judge(rule(), "t", fields, 100.0, [silence('target = "t"', starts=100.0, ends=200.0)]).action == "silenced"
+    assert judge(rule("r"), "t", fields, 150.0, [silence('rule = "r"')]) == Verdict("silenced", "sil_1")
+
+
+def test_a_delivery_whose_rule_is_gone_goes_out_unless_a_silence_covers_it() -> None:
+    fields = event_fields(ev())
+    assert judge(None, "t", fields, 150.0, []) == GO
+    assert judge(None, "t", fields, 150.0, [silence('target = "other"')]) == GO
+
+
+def test_planning_records_each_quieted_hop_with_its_target_rule_and_release() -> None:
+    weekend = rule("r", ("a", "b"), muting=Muting(mute=(WEEKEND,)), when_muted="defer")
+    saturday = MONDAY_NOON - 2 * 86400
+    event = ev()
+    planned = plan_deliveries([event], [weekend], frozenset(), judge_hops(saturday, [silence('target = "a"')]))
+    assert planned == [
+        PlannedDelivery("a", "r", (event.id,), "silenced", "sil_1", None),
+        PlannedDelivery("b", "r", (event.id,), "pending", "weekend", MONDAY_NOON - 12 * 3600),
+    ]
+
+
+def test_a_silence_without_matchers_is_refused_with_an_example() -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_silence_matchers([])
+    assert str(caught.value) == "a silence needs at least one matcher, e.g. 'rule = \"stuck calls\"'"
+
+
+def test_when_muted_is_drop_or_defer() -> None:
+    with pytest.raises(RuleError) as caught:
+        rule(when_muted="later")
+    assert (caught.value.key, caught.value.reason) == ("when_muted", 'must be "drop" or "defer", not \'later\'')
