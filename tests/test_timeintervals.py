@@ -274,11 +274,6 @@ def test_a_mute_ends_at_the_instant_the_clock_jumps_past_its_end() -> None:
             "2026-10-24T22:50:00+00:00",
             "2026-10-24T23:00:00+00:00",
         ),
-        (
-            {"location": "Australia/Lord_Howe", "days_of_month": ["30"]},
-            "2026-04-30T10:00:00+00:00",
-            "2026-04-30T14:00:00+00:00",
-        ),
     ],
 )
 def test_a_mute_ending_at_midnight_before_a_daylight_saving_change_ends_at_midnight(
