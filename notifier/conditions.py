@@ -76,7 +76,9 @@ def call_fields(call: Call) -> dict[str, str]:
     }
 
 
-def _marks(events: Sequence[Event]) -> list[Mark]:
+def _marks(events: Sequence[Event], keep: Sequence[str]) -> list[Mark]:
+    """The poll's transitions a rate counts, with only the fields conditions group and
+    match by (the whole window is committed with every poll: it must stay small)."""
     found = []
     for event in events:
         call = event.data.get("call")
@@ -88,7 +90,7 @@ def _marks(events: Sequence[Event]) -> list[Mark]:
             kind = "ended_unstarted"
         else:
             continue
-        fields = {name: field_text(call.get(name)) for name in CALL_FIELDS}
+        fields = {name: field_text(call.get(name)) for name in keep}
         found.append(Mark(event.detected_at, kind, fields))
     return found
 
@@ -136,7 +138,9 @@ def _measure(
 ) -> dict[str, dict[tuple[str, ...], _Group]]:
     """Per condition, per group: the counts its metric needs (one pass over the calls)."""
     groups: dict[str, dict[tuple[str, ...], _Group]] = {c.name: {} for c in conditions}
-    on_calls = [c for c in conditions if c.metric in SNAPSHOT_METRICS]
+    # A rate grouped by call fields also knows the groups of the calls now active: a
+    # pathway whose calls all wait, none starting, is the stall a rate is there to see.
+    on_calls = [c for c in conditions if c.metric in SNAPSHOT_METRICS or c.group_by]
     on_marks = [c for c in conditions if c.metric in RATE_METRICS]
     # The hot loop at 10k calls: a call's fields are built only for a condition that
     # matches on them or groups by ``international`` (normalised); others read attributes.
@@ -185,9 +189,9 @@ def evaluate(
     An instance fires once it has held for ``for`` (measured from the first poll that
     saw it hold), and resolves once it has not held for ``keep_firing_for``. A group
     with no calls left (and no transitions in the window) no longer holds."""
-    if not conditions:
-        return state, []
-    marks = [m for m in state.marks if m.at > now - RATE_WINDOW] + _marks(events)
+    rates = [c for c in conditions if c.metric in RATE_METRICS]
+    keep = sorted({f for c in rates for f in c.group_by} | {m.field for c in rates for m in c.matchers})
+    marks = [m for m in state.marks if m.at > now - RATE_WINDOW] + (_marks(events, keep) if rates else [])
     measured = _measure(conditions, calls, marks)
     instances = dict(state.instances)
     found: list[tuple[str, dict[str, object]]] = []
@@ -210,10 +214,26 @@ def evaluate(
                 instances[key] = instance
             if event is not None:
                 found.append(event)
-    live = {c.name for c in conditions}  # a condition removed from the config leaves no state
-    instances = {k: i for k, i in instances.items() if i.condition in live}
-    keep_marks = any(c.metric in RATE_METRICS for c in conditions)
-    return ConditionState(instances=instances, marks=marks if keep_marks else []), found
+    live = {c.name for c in conditions}
+    for key, instance in sorted(instances.items()):
+        if instance.condition in live:
+            continue
+        del instances[key]  # a condition removed from the config: what fired is resolved, not left open
+        if instance.firing_since is not None:
+            found.append(
+                (
+                    "condition.resolved",
+                    {
+                        "condition": instance.condition,
+                        "metric": "",
+                        "group": dict(instance.group),
+                        "value": instance.value,
+                        "firing_seconds": round(now - instance.firing_since, 3),
+                        "reason": "removed from the configuration",
+                    },
+                )
+            )
+    return ConditionState(instances=instances, marks=marks if rates else []), found
 
 
 def _step(
@@ -247,6 +267,7 @@ def _step(
             "group": dict(inst.group),
             "value": value,
             "firing_seconds": round(now - inst.firing_since, 3),
+            "reason": None,
         }
         return None, ("condition.resolved", data)
     return msgspec.structs.replace(inst, holding_since=None, value=value), None

@@ -468,8 +468,7 @@ def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
     if schema.http is not None:
         _validate_listen(schema.http.listen, fail)
     if schema.heartbeat is not None:
-        if not re.match(r"^https?://[^/\s]+", schema.heartbeat.url.reveal()):
-            raise fail("heartbeat.url", "must be an http:// or https:// URL (it is fetched with GET)")
+        _validate_heartbeat_url(schema.heartbeat.url.reveal(), fail)
         for name in ("every", "timeout"):
             if getattr(schema.heartbeat, name) <= 0:
                 raise fail(f"heartbeat.{name}", "must be more than 0s")
@@ -653,6 +652,21 @@ def validate_storage(storage: StorageConfig, fail: Any) -> None:
         raise fail("storage.retention", "must be more than 0s")
     if storage.lease < 1:
         raise fail("storage.lease", "must be at least 1s")
+
+
+def _validate_heartbeat_url(url: str, fail: Any) -> None:
+    """As httpx will read it when it pings (a port that is not a number, a host IDNA
+    refuses): refused here, not by a crash at the first ping."""
+    import httpx
+
+    reason = "must be an http:// or https:// URL (it is fetched with GET)"
+    try:
+        parsed = httpx.URL(url)
+        parsed.host.encode("idna")
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        raise fail("heartbeat.url", reason + "; this one does not parse") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host or any(c.isspace() for c in url):
+        raise fail("heartbeat.url", reason)
 
 
 def _validate_listen(listen: str, fail: Any) -> None:

@@ -40,9 +40,12 @@ class Heartbeat:
         timeout = float(self.config.timeout)
         try:
             with anyio.move_on_after(timeout + 1):  # the whole exchange, not each read
-                async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-                    response = await client.get(self.config.url.reveal())
-                ok = response.is_success
+                # The answer's body is not read: a switch that streams one cannot fill memory.
+                async with (
+                    httpx.AsyncClient(timeout=timeout) as client,
+                    client.stream("GET", self.config.url.reveal()) as response,
+                ):
+                    ok = response.is_success
                 self._record("ok" if ok else "failed")
                 if not ok:
                     log.warning("heartbeat refused", extra=kv(status=response.status_code))
@@ -53,6 +56,9 @@ class Heartbeat:
         except httpx.HTTPError as exc:
             self._record("failed")
             log.warning("heartbeat failed", extra=kv(error=describe(exc)))
+        except Exception as exc:  # a URL httpx refuses at send time: said, never fatal to the daemon
+            self._record("failed")
+            log.warning("heartbeat failed", extra=kv(error=f"{type(exc).__name__} (check heartbeat.url)"))
         finally:
             self._running = False
 

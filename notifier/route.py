@@ -29,7 +29,7 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "source.unreachable": ("since", "consecutive_failures", "last_error"),
     "source.recovered": ("downtime_seconds",),
     "condition.firing": ("condition", "metric", "direction", "value", "threshold", "since", "for_seconds"),
-    "condition.resolved": ("condition", "metric", "value", "firing_seconds"),
+    "condition.resolved": ("condition", "metric", "value", "firing_seconds", "reason"),
 }
 
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
@@ -118,7 +118,9 @@ def expand_event_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
 
 
 def fields_of(event_type: str) -> tuple[str, ...]:
-    base = ("type", "source") + (CALL_FIELDS if event_type in CALL_EVENT_TYPES else ())
+    """A condition's event has its group's call fields (``pathway_id = "pw-7"``)."""
+    grouped = event_type in CALL_EVENT_TYPES or event_type.startswith("condition.")
+    base = ("type", "source") + (CALL_FIELDS if grouped else ())
     return base + DATA_FIELDS[event_type]
 
 
@@ -216,6 +218,10 @@ def event_fields(event: Event) -> dict[str, str]:
     if isinstance(call, dict):
         for name in CALL_FIELDS:
             fields[name] = field_text(call.get(name))
+    group = event.data.get("group")
+    if isinstance(group, dict):  # a condition's group: the call fields it was grouped by
+        for name, value in group.items():
+            fields[name] = field_text(value)
     for name, value in event.data.items():
         if not isinstance(value, (dict, list)):  # scalars only: not ``call``, not ``outcome``
             fields[name] = field_text(value)

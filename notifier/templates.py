@@ -66,7 +66,8 @@ DEFAULT_BODIES = {
     "condition.firing": "{{ event.metric | replace('_', ' ') }} is {{ event.direction }} {{ event.threshold | number }}"
     "{% for key, value in event.group.items() %} for {{ key }} {{ value or '(none)' }}{% endfor %}"
     " since {{ event.since }}.",
-    "condition.resolved": "It fired for {{ event.firing_seconds | duration }}.",
+    "condition.resolved": "It fired for {{ event.firing_seconds | duration }}"
+    "{% if event.reason %}; {{ event.reason }}{% endif %}.",
     "notifier.test": "{{ event.message }}",
 }
 #: How a condition's value reads: "412 calls queued on pathway_id pw-7", "oldest queued 9m 12s".
@@ -311,6 +312,7 @@ _SAMPLE_DATA: dict[str, dict[str, Any]] = {
         "group": {"pathway_id": "pw-7"},
         "value": 12.0,
         "firing_seconds": 540.0,
+        "reason": None,
     },
 }
 

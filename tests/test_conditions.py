@@ -154,3 +154,34 @@ def _snapshot(state: DetectState):  # type: ignore[no-untyped-def]
     from notifier.model import Snapshot
 
     return Snapshot(calls={cid: cs.call for cid, cs in state.calls.items()})
+
+
+def test_a_grouped_rate_knows_the_groups_of_active_calls_and_keeps_only_the_fields_it_needs() -> None:
+    stalled = Condition("stalled", "started_per_minute", 1.0, above=False, group_by=("pathway_id",))
+    _, found = evaluate([stalled], ConditionState(), calls(400, pathway="pw-x"), [], T0)
+    assert [(k, d["group"], d["value"]) for k, d in found] == [("condition.firing", {"pathway_id": "pw-x"}, 0.0)]
+    started = Event(
+        id="e", type="call.started", detected_at=T0, data={"call": call_payload(Call(call_id="c", pathway_id="pw-y"))}
+    )
+    state, _ = evaluate([stalled], ConditionState(), {}, [started], T0)
+    assert [m.fields for m in state.marks] == [{"pathway_id": "pw-y"}]  # not the objective, not the number
+
+
+def test_a_firing_condition_removed_from_the_config_is_resolved_not_left_open() -> None:
+    state, _ = run(BACKLOG, [(T0, calls(5)), (T0 + 40, calls(5))])
+    assert state.firing()
+    after, found = evaluate([], state, calls(5), [], T0 + 50)
+    assert [(k, d["condition"], d["reason"]) for k, d in found] == [
+        ("condition.resolved", "backlog", "removed from the configuration")
+    ]
+    assert not after.instances
+
+
+def test_condition_events_can_be_routed_and_silenced_by_their_group() -> None:
+    from notifier.route import compile_rule, event_fields
+
+    rule = compile_rule(name="pw-7 team", events=["condition.*"], match=['pathway_id = "pw-7"'], targets=["t"])
+    event = Event(
+        id="c", type="condition.firing", detected_at=T0, data={"condition": "b", "group": {"pathway_id": "pw-7"}}
+    )
+    assert rule.fits(event.type, event_fields(event))

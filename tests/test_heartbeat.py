@@ -73,6 +73,9 @@ def _polls(env: dict[str, str], directory: Path) -> int:
 
 
 def test_heartbeat_config_is_checked(tmp_path: Path) -> None:
-    path = write_config(tmp_path, None, '[heartbeat]\nurl = "ftp://x"\n')
+    for url in ("ftp://x", "http://127.0.0.1:abc/key", "http://a..b/"):
+        path = write_config(tmp_path, None, f'[heartbeat]\nurl = "{url}"\n')
+        result = run_cli(["check", str(path)], cli_env(None, tmp_path), tmp_path)
+        assert result.returncode == 78 and "heartbeat.url: must be an http:// or https:// URL" in result.stderr, url
     result = run_cli(["check", str(path)], cli_env(None, tmp_path), tmp_path)
     assert result.returncode == 78 and "heartbeat.url: must be an http:// or https:// URL" in result.stderr
