@@ -492,6 +492,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         info = read_leader(store)
         sources = store.sources()
         depth, oldest = store.queue_stats()
+        firing = [(row.name, instance) for row in sources for instance in store.conditions_of(row.name).firing()]
     finally:
         store.close()
     leading = info is not None and info.held
@@ -517,6 +518,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
             for row in sources
         ],
+        "conditions": [
+            {
+                "source": name,
+                "condition": i.condition,
+                "group": i.group,
+                "value": i.value,
+                "firing_since": iso(i.firing_since),
+            }
+            for name, i in firing
+        ],
         "queue": {"pending": depth, "oldest_seconds": round(now - oldest, 3) if oldest is not None else None},
     }
     if args.json:
@@ -535,6 +546,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(printable(f"source {row.name}: {health}; last successful poll {last}; {calls}"))
         if not sources:
             print("sources: none polled yet")
+        for name, i in firing:
+            group = " ".join(f"{k}={v}" for k, v in i.group.items())
+            print(printable(f"firing: {i.condition} {group} ({name}): {i.value:g} since {iso(i.firing_since)}"))
         age = f" (oldest {format_duration(now - oldest)})" if oldest is not None else ""
         print(f"queue: {depth} {'delivery' if depth == 1 else 'deliveries'} pending{age}")
     return 0 if leading and reachable else 1

@@ -52,6 +52,11 @@ targets = ["crm"]
         assert firing["group"] == {"pathway_id": "pw-7"} and firing["value"] == 4.0 and firing["threshold"] == 2.0
         assert {d["quieted_by"] for d in deliveries(env, tmp_path, "--status", "inhibited")} == {"backlog"}
         assert not [k for k in kinds() if k[0] == "call.stuck_queued" and k[1].startswith("b")]
+        status = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
+        assert [(c["condition"], c["group"], c["value"]) for c in status["conditions"]] == [
+            ("backlog", {"pathway_id": "pw-7"}, 4.0)
+        ]
+        assert "firing: backlog pathway_id=pw-7 (default): 4 since " in run_cli(["status"], env, tmp_path).stdout
         routed = run_cli(["route-test", "call.stuck_queued", "pathway_id=pw-7", "--json"], env, tmp_path)
         assert [(t["outcome"], t.get("by")) for t in json.loads(routed.stdout)["targets"]] == [("inhibited", "backlog")]
         other = run_cli(["route-test", "call.stuck_queued", "pathway_id=pw-8", "--json"], env, tmp_path)
