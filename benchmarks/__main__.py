@@ -197,6 +197,38 @@ def bench_backends(size: int, polls: int, postgres_url: str) -> dict[str, Any]:
     }
 
 
+def bench_conditions(size: int, polls: int) -> dict[str, Any]:
+    """What campaign-health conditions add to a steady poll, against ``json.loads`` of
+    the same body: one pass over the snapshot for all conditions together."""
+    from notifier.conditions import Condition, evaluate
+    from notifier.model import ConditionState
+    from notifier.route import parse_matcher
+
+    body = Campaign(size).body()
+    state = detect(DetectState("bench"), ActiveCallsDecoder().decode(body), time.time(), DetectSettings()).state
+    setups = {
+        "backlog per pathway": [Condition("backlog", "queued", 200, True, group_by=("pathway_id",))],
+        "+ oldest queued": [
+            Condition("backlog", "queued", 200, True, group_by=("pathway_id",)),
+            Condition("old", "oldest_queued_seconds", 600, True),
+        ],
+        "+ a matcher": [Condition("intl", "active", 50, True, matchers=(parse_matcher('international = "true"'),))],
+        "started per minute, per pathway": [
+            Condition("stall", "started_per_minute", 1, False, group_by=("pathway_id",))
+        ],
+    }
+    found: dict[str, float] = {}
+    loads = [cpu(lambda: json.loads(body)) for _ in range(polls)]
+    for label, conditions in setups.items():
+        conditions_state = ConditionState()
+        spent = []
+        for _ in range(polls):
+            now = time.time()
+            spent.append(cpu(lambda: evaluate(conditions, conditions_state, state.calls, [], now)))  # noqa: B023
+        found[label] = statistics.fmean(spent) / statistics.fmean(loads)
+    return {"size": size, "loads": summary(loads), "ratios": found}
+
+
 def store_history(path: Path, count: int) -> None:
     """``count`` older events, as a daemon that has run for a while keeps them (for the
     retention period, 30 days by default), each for a different call."""
@@ -508,6 +540,15 @@ def report(results: dict[str, Any]) -> str:
     ]
     for r in results["http"]:
         lines.append(f"| {r['size']:,} | {ms(r['cycle']['mean'])} / {ms(r['cycle']['p95'])} | {r['ratio_mean']:.2f}x |")
+    c = results["conditions"]
+    lines += [
+        "",
+        f"## Conditions over a steady snapshot ({c['size']:,} calls; mean CPU per poll / json.loads)",
+        "",
+        "| conditions | / json.loads |",
+        "|---|---|",
+        *(f"| {label} | {ratio:.3f}x |" for label, ratio in c["ratios"].items()),
+    ]
     if "daemon" in results:
         d, idle, dl, lat = results["daemon"], results["idle"], results["delivery"], results["latency"]
         rss = results.get("rss")
@@ -638,6 +679,8 @@ def main() -> None:
     print("persistence with a history of events...", file=sys.stderr, flush=True)
     results["history"] = bench_history(1000, 20_000, 5) if args.quick else bench_history(10_000, 300_000, 20)
     results["http"] = [bench_http(1000 if args.quick else 10_000, 3 if args.quick else 15)]
+    print("conditions over the snapshot...", file=sys.stderr, flush=True)
+    results["conditions"] = bench_conditions(1000 if args.quick else 10_000, 5 if args.quick else 20)
     if not args.quick:
         print("daemon CPU per poll...", file=sys.stderr, flush=True)
         runs = sorted((bench_daemon_cpu(10_000, 25) for _ in range(3)), key=lambda run: run["ratio"])

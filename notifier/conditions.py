@@ -14,7 +14,7 @@ transitions (the rates).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -61,19 +61,9 @@ def instance_key(name: str, group: Mapping[str, str]) -> str:
     return name + "\x1f" + "\x1f".join(f"{k}={v}" for k, v in group.items())
 
 
-def call_fields(call: Call) -> dict[str, str]:
-    """The strings conditions match and group by, as rules see them."""
+def _international_text(call: Call) -> str:
     intl = international(call)
-    return {
-        "call_id": call.call_id,
-        "user_id": call.user_id,
-        "from": call.from_,
-        "to": call.to,
-        "objective": call.objective,
-        "pathway_id": call.pathway_id,
-        "status": call.status,
-        "international": "" if intl is None else ("true" if intl else "false"),
-    }
+    return "" if intl is None else ("true" if intl else "false")
 
 
 def _marks(events: Sequence[Event], keep: Sequence[str]) -> list[Mark]:
@@ -117,6 +107,10 @@ class _Group:
 
 #: Call fields by the attribute that holds them (``international`` needs normalising).
 _ATTRS = {name: "from_" if name == "from" else name for name in CALL_FIELDS}
+_FIELD_GETTERS: dict[str, Callable[[Call], str]] = {
+    **{name: attrgetter(attr) for name, attr in _ATTRS.items()},
+    "international": _international_text,
+}
 
 
 def _count(
@@ -150,6 +144,8 @@ def _measure(
         if not cond.matchers and "international" not in cond.group_by
     ]
     fancy = [(cond, groups[cond.name]) for cond in on_calls if (cond.matchers or "international" in cond.group_by)]
+    needed = {f for cond, _ in fancy for f in (*cond.group_by, *(m.field for m in cond.matchers))}
+    getters = [(name, _FIELD_GETTERS[name]) for name in sorted(needed)]
     oldest = {cond.name for cond in on_calls if cond.metric == "oldest_queued_seconds"}
     for cs in calls.values() if on_calls else ():
         if cs.missing:  # not in this poll's answer: about to disappear, not active
@@ -160,7 +156,7 @@ def _measure(
             key = () if get is None else (get(call) if len(cond.group_by) > 1 else (get(call),))
             _count(found, key, queued, cs, cond.name in oldest)
         if fancy:
-            fields = call_fields(call)
+            fields = {name: get(call) for name, get in getters}
             for cond, found in fancy:
                 if all(m.matches(fields) for m in cond.matchers):
                     _count(found, tuple(fields[g] for g in cond.group_by), queued, cs, cond.name in oldest)

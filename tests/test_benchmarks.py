@@ -22,3 +22,4 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     report = out.read_text()
     assert "| 1,000 |" in report and "cycle / json.loads" in report and "real HTTP client" in report
     assert "| 20,000 |" in report  # the persistence-with-history table
+    assert "## Conditions over a steady snapshot" in report and "| backlog per pathway |" in report
