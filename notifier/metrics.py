@@ -75,7 +75,8 @@ class Metrics:
         self.events = Counter("notifier_events", "Events detected, by type.", ["type"], registry=r)
         self.deliveries = Counter(
             "notifier_deliveries",
-            "Delivery attempts by target and result (sent, failed = will retry, dead).",
+            "Deliveries by target and result: attempts (sent, failed = will retry, dead) and quieted ones "
+            "(silenced, muted, inhibited).",
             ["target", "result"],
             registry=r,
         )
