@@ -8,9 +8,9 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.conditions import Condition, apply, evaluate, inhibited_by
+from notifier.conditions import RATE_WINDOW, Condition, apply, evaluate, inhibited_by, instance_key
 from notifier.detect import DetectSettings, DetectState, detect
-from notifier.model import IN_PROGRESS, QUEUED, Call, CallState, ConditionState, Event, PollFailure, call_payload
+from notifier.model import IN_PROGRESS, QUEUED, Call, CallState, ConditionState, Event, PollFailure, call_payload, iso
 from notifier.route import parse_matcher
 
 T0 = 1_800_000_000.0
@@ -185,3 +185,105 @@ def test_condition_events_can_be_routed_and_silenced_by_their_group() -> None:
         id="c", type="condition.firing", detected_at=T0, data={"condition": "b", "group": {"pathway_id": "pw-7"}}
     )
     assert rule.fits(event.type, event_fields(event))
+
+
+def test_each_metric_counts_what_it_says() -> None:
+    snapshot = {**calls(3, 2), **calls(1, 4, pathway="pw-2")}
+    snapshot["gone"] = CallState(
+        call=Call(call_id="gone", status=QUEUED), first_seen=T0, missing=1
+    )  # not in the answer
+    expected = {"queued": 4.0, "in_progress": 6.0, "active": 10.0}
+    for metric, value in expected.items():
+        cond = Condition(metric, metric, 0.0, above=True)
+        _, found = evaluate([cond], ConditionState(), snapshot, [], T0)
+        assert [d["value"] for _, d in found] == [value], metric
+    assert Condition("x", "queued", 3.0, above=True).holds(3.0) is False  # strictly above
+    assert Condition("x", "queued", 3.0, above=False).holds(3.0) is False  # strictly below
+    assert Condition("x", "queued", 3.0, above=False).holds(2.9) is True
+
+
+def test_rates_count_starts_and_calls_that_ended_unstarted_in_the_last_five_minutes() -> None:
+    def ended(i: int, started: bool, at: float) -> Event:
+        data = {"call": call_payload(Call(call_id=f"d{i}")), "was_started": started}
+        return Event(id=f"d{i}", type="call.disappeared", detected_at=at, data=data)
+
+    events = [ended(i, False, T0) for i in range(5)] + [ended(9, True, T0)]
+    events.append(Event(id="s", type="source.unreachable", detected_at=T0, data={}))  # no call: not counted
+    lost = Condition("lost", "ended_unstarted_per_minute", 0.5, above=True)
+    state, found = evaluate([lost], ConditionState(), {}, events, T0)
+    assert [(k, d["value"]) for k, d in found] == [("condition.firing", 1.0)]  # 5 in 5 minutes
+    assert [m.kind for m in state.marks] == ["ended_unstarted"] * 5
+    state, _ = evaluate([lost], state, {}, [], T0 + RATE_WINDOW - 0.001)
+    assert len(state.marks) == 5  # still inside the window
+    state, found = evaluate([lost], state, {}, [], T0 + RATE_WINDOW)
+    assert not state.marks and [(k, d["value"]) for k, d in found] == [("condition.resolved", 0.0)]
+
+
+def test_firing_and_resolved_events_carry_exactly_their_fields() -> None:
+    cond = Condition("backlog", "queued", 1.0, above=True, for_=10.0, group_by=("pathway_id",))
+    state, found = run(cond, [(T0, calls(2, pathway="p")), (T0 + 10, calls(3, pathway="p"))])
+    assert found == [
+        (
+            T0 + 10,
+            "condition.firing",
+            {
+                "condition": "backlog",
+                "metric": "queued",
+                "direction": "above",
+                "group": {"pathway_id": "p"},
+                "value": 3.0,
+                "threshold": 1.0,
+                "since": iso(T0),
+                "for_seconds": 10.0,
+            },
+        )
+    ]
+    [instance] = state.instances.values()
+    assert (instance.holding_since, instance.firing_since, instance.last_held) == (T0, T0 + 10, T0 + 10)
+    assert instance_key("backlog", {"pathway_id": "p"}) in state.instances
+    _, found = run(cond, [(T0 + 25, calls(1, pathway="p"))], state)
+    assert found == [
+        (
+            T0 + 25,
+            "condition.resolved",
+            {
+                "condition": "backlog",
+                "metric": "queued",
+                "group": {"pathway_id": "p"},
+                "value": 1.0,
+                "firing_seconds": 15.0,
+                "reason": None,
+            },
+        )
+    ]
+
+
+def test_keep_firing_for_counts_from_the_last_poll_that_held() -> None:
+    cond = Condition("b", "queued", 1.0, above=True, keep_firing_for=10.0)
+    polls = [(T0, calls(3)), (T0 + 5, calls(0)), (T0 + 9.9, calls(0)), (T0 + 10, calls(0))]
+    state, found = run(cond, polls)
+    assert [(t, k) for t, k, _ in found] == [(T0, "condition.firing"), (T0 + 10, "condition.resolved")]
+    state, found = run(cond, [(T0, calls(3)), (T0 + 5, calls(0)), (T0 + 8, calls(3)), (T0 + 17, calls(0))])
+    assert [k for _, k, _ in found] == ["condition.firing"]  # held again at +8: the 10 s count from there
+
+
+def test_inhibition_follows_the_conditions_matchers_and_only_call_events() -> None:
+    cond = Condition(
+        "uk backlog",
+        "queued",
+        0.0,
+        above=True,
+        matchers=(parse_matcher('to =~ "\\+44.*"'),),
+        inhibits=("call.stuck_queued",),
+    )
+    uk = {"u": CallState(call=Call(call_id="u", status=QUEUED, to="+442071234567"), first_seen=T0)}
+    state, _ = evaluate([cond], ConditionState(), uk, [], T0)
+
+    def stuck(to: str) -> Event:
+        return Event(
+            id="s", type="call.stuck_queued", detected_at=T0, data={"call": call_payload(Call(call_id="x", to=to))}
+        )
+
+    assert inhibited_by(state, [cond], stuck("+442079460000")) == "uk backlog"
+    assert inhibited_by(state, [cond], stuck("+13105550100")) is None  # the condition does not count it
+    assert inhibited_by(state, [cond], Event(id="n", type="call.stuck_queued", detected_at=T0, data={})) is None
