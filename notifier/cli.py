@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import getpass
-import math
 import os
-import re
-import secrets
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +15,8 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import __version__
+from notifier.cli_common import config_for, local_and_utc, printable, read_store, storage_of
+from notifier.cli_quieting import cmd_replay, cmd_route_test, cmd_silence_add, cmd_silence_expire, cmd_silence_list
 from notifier.config import (
     EX_CONFIG,
     PLACEHOLDER,
@@ -28,28 +24,18 @@ from notifier.config import (
     ConfigError,
     Credentials,
     StorageConfig,
-    load_config,
-    load_storage,
-    resolve_path,
     storage_secrets,
 )
 from notifier.durations import format_duration, parse_duration
 from notifier.lease import LeaseHeld
 from notifier.listener import ListenerError
 from notifier.logs import LEVELS, log, register_secrets, scrub, setup_logging
-from notifier.model import Event, event_document, iso, parse_iso
+from notifier.model import Event, event_document, iso
 from notifier.route import RuleError, expand_event_patterns
 from notifier.store import Store, StoreError, StoreLocationError, display_url, error_reason
 
 Handler = Callable[[argparse.Namespace], int]
 EX_TEMPFAIL = 75
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: object) -> str:
-    """Text from Bland (or a receiver) as a terminal shows it safely: control characters
-    escaped, so that ``\x1b]0;...\x07`` is read, not obeyed."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def _limit(text: str) -> int:
@@ -195,43 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
-def _config(args: argparse.Namespace, credentials: Credentials | None = None) -> Config:
-    config = load_config(resolve_path(getattr(args, "file", None) or args.config), os.environ, credentials)
-    register_secrets(config.secrets())
-    return config
-
-
-def _storage(args: argparse.Namespace) -> StorageConfig:
-    """Only [storage] of the config (no API key or target secret needs to be present),
-    with its password registered for masking."""
-    storage = load_storage(resolve_path(args.config))
-    register_secrets(storage_secrets(storage))
-    return storage
-
-
-def _read_store(args: argparse.Namespace) -> Store:
-    """The store for read commands: nothing is ever created."""
-    store = Store(_storage(args).url, create=False)
-    try:
-        store.require_schema()
-    except StoreError:
-        store.close()
-        raise
-    return store
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from notifier.daemon import early_signals, run_daemon
 
     with early_signals() as stop_requested:
-        config = _config(args)
+        config = config_for(args)
         return run_daemon(config, os.environ, stop_requested)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from notifier.daemon import run_once
 
-    return run_once(_config(args), os.environ)
+    return run_once(config_for(args), os.environ)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -239,7 +200,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     credentials = Credentials(lenient=not args.strict)
     try:
-        config = _config(args, credentials)
+        config = config_for(args, credentials)
     finally:  # said before any error: an unread credential may be why a value looks wrong
         for why in dict.fromkeys(u.why for u in credentials.unread):
             names = ", ".join(f"{u.credential} ({u.key})" for u in credentials.unread if u.why == why)
@@ -293,7 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             active = interval.active(now)
             state = "active now" if active else "not active now"
             until = next((b for b in interval.boundaries(now) if interval.active(b) != active), None)
-            state += f", until {_local_and_utc(until)}" if until is not None else ""
+            state += f", until {local_and_utc(until)}" if until is not None else ""
             print(f"  {name}: {state}; used by {', '.join(users) or 'no rule'}")
     return 0
 
@@ -349,7 +310,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     types = _expand_types(args.type)
     if types is None:
         return 2
-    store = _read_store(args)
+    store = read_store(args)
     try:
         found = store.events(
             since=since, types=types, call_id=args.call_id, source=args.source, limit=_one_more(args.limit)
@@ -413,7 +374,7 @@ def _expand_types(patterns: list[str]) -> list[str] | None:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    store = _read_store(args)
+    store = read_store(args)
     try:
         found = store.deliveries(status=args.status, limit=_one_more(args.limit))
         more = _trim(found, args.limit)
@@ -474,7 +435,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_redeliver(args: argparse.Namespace) -> int:
-    store = _read_store(args)
+    store = read_store(args)
     try:
         count = store.redeliver(time.time(), event_id=None if args.all_dead else args.event)
     finally:
@@ -486,7 +447,7 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from notifier.lease import read_leader
 
-    store = _read_store(args)
+    store = read_store(args)
     try:
         now = time.time()
         info = read_leader(store)
@@ -557,7 +518,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from notifier.outbox import send_test
 
-    config = _config(args)
+    config = config_for(args)
     if args.target not in config.targets:
         known = ", ".join(sorted(config.targets)) or "none defined"
         print(f"notifier: no target {args.target!r} (targets: {known})", file=sys.stderr)
@@ -620,7 +581,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    store = Store(_storage(args).url)
+    store = Store(storage_of(args).url)
     store.upgrade()
     log.info("database is up to date", extra={"kv": {"database": store.description}})
     store.close()
@@ -631,7 +592,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     from notifier.config import interpolate_url, validate_storage
     from notifier.store.transfer import copy_store, ensure_quiet
 
-    storage = _storage(args)
+    storage = storage_of(args)
     # --to takes ${credential:NAME} and ${NAME} as the config does: no password on the command line.
     destination = StorageConfig(url=interpolate_url(args.to, "--to", "--to", os.environ))
     validate_storage(destination, lambda key, reason: ConfigError("--to", None, reason))
@@ -651,318 +612,6 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     rows = ", ".join(f"{count} {table}" for table, count in copied.items() if count)
     print(f"copied {source.description} to {target.description}: {rows or 'nothing (the store was empty)'}")
     print("now point [storage] url at the new database and start the daemons")
-    return 0
-
-
-# -- quieting: silences, route-test, replay ---------------------------------------------
-
-
-class _Usage(Exception):
-    """A bad argument: said on one line, exit 2."""
-
-
-def _instant(text: str, option: str) -> float:
-    """An ISO 8601 time with an offset (``Z`` allowed): a silence must not end at a
-    different hour depending on where the command ran."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise _Usage(f"{option}: {text!r} is not an ISO 8601 time such as 2026-12-01T18:00:00+01:00") from None
-    if moment.tzinfo is None:
-        raise _Usage(f"{option}: {text!r} needs an offset (e.g. +01:00 or Z)")
-    return moment.timestamp()
-
-
-#: Instants the commands take: from 1970 to the year 9000 (time zones and intervals
-#: need room on either side of the year 9999).
-_EPOCH_RANGE = (0.0, 221845392000.0)
-
-
-def _local_and_utc(ts: float) -> str:
-    local = datetime.fromtimestamp(ts).astimezone()
-    return f"{local.strftime('%Y-%m-%d %H:%M %Z')} ({iso(ts)})"
-
-
-def cmd_silence_add(args: argparse.Namespace) -> int:
-    from notifier.quiet import Silence, parse_silence_matchers
-
-    now = time.time()
-    try:
-        matchers = parse_silence_matchers(args.matchers)
-        starts = _instant(args.starts, "--starts") if args.starts else now
-        if args.duration:
-            try:
-                ends = starts + parse_duration(args.duration)
-            except ValueError as exc:
-                raise _Usage(f"--for: {exc}") from None
-        else:
-            ends = _instant(args.until, "--until")
-        if ends <= max(starts, now):
-            raise _Usage("the silence would end before it starts (or in the past)")
-        if ends > now + 100 * 366 * 86400:
-            raise _Usage("a silence ends within a hundred years (expire it sooner if need be)")
-        if all(m.matches({}) for m in matchers):
-            raise _Usage("these matchers hold for every delivery; silence something in particular")
-        if not args.comment.strip() or not any(c.isalnum() for c in args.comment):
-            raise _Usage("--comment: say why, for whoever finds the silence")
-    except (ValueError, _Usage) as exc:
-        print(f"notifier: silence add: {exc}", file=sys.stderr)
-        return 2
-    author = (args.author or "").strip() or os.environ.get("SUDO_USER") or getpass.getuser()
-    silence = Silence(f"sil_{secrets.token_hex(6)}", matchers, starts, ends, args.comment.strip(), author, now)
-    store = _read_store(args)
-    try:
-        store.add_silence(silence, [str(m) for m in matchers])
-    finally:
-        store.close()
-    print(silence.id)
-    print(printable(f"silences {' and '.join(str(m) for m in matchers)} until {_local_and_utc(ends)}"), file=sys.stderr)
-    return 0
-
-
-def _silence_json(silence: Any, now: float) -> dict[str, Any]:
-    return {
-        "id": silence.id,
-        "matchers": [str(m) for m in silence.matchers],
-        "starts_at": iso(silence.starts_at),
-        "ends_at": iso(silence.ends_at),
-        "state": _silence_state(silence, now),
-        "comment": silence.comment,
-        "author": silence.author,
-        "created_at": iso(silence.created_at),
-    }
-
-
-def _silence_state(silence: Any, now: float) -> str:
-    return "active" if silence.active(now) else "expired" if silence.ends_at <= now else "pending"
-
-
-def cmd_silence_list(args: argparse.Namespace) -> int:
-    now = time.time()
-    store = _read_store(args)
-    try:
-        found = store.silences(None if args.all else now)
-    finally:
-        store.close()
-    if args.json:
-        sys.stdout.write(msgspec.json.encode([_silence_json(s, now) for s in found]).decode() + "\n")
-        return 0
-    if not found:
-        print("no silences" if args.all else "no active or pending silences (--all shows expired ones)")
-        return 0
-    for silence in found:
-        state = _silence_state(silence, now)
-        span = f"until {_local_and_utc(silence.ends_at)}"
-        if state == "pending":
-            span = f"from {_local_and_utc(silence.starts_at)} " + span
-        print(printable(f"{silence.id}  {state:<7}  {' and '.join(str(m) for m in silence.matchers)}"))
-        print(printable(f"    {span}; by {silence.author}: {silence.comment}"))
-    return 0
-
-
-def cmd_silence_expire(args: argparse.Namespace) -> int:
-    store = _read_store(args)
-    try:
-        expired = store.expire_silence(args.id, time.time())
-    finally:
-        store.close()
-    if not expired:
-        print(printable(f"notifier: no active or pending silence {args.id!r}"), file=sys.stderr)
-        return 1
-    print(f"expired {args.id}")
-    return 0
-
-
-def _store_silences(config: Config, source: str = "default") -> tuple[list[Any], Any, str | None]:
-    """Every silence in the store (route-test and replay judge at other instants) and
-    the source's committed conditions, or a note saying why they are not considered."""
-    from notifier.model import ConditionState
-
-    try:
-        store = Store(config.storage.url, create=False)
-    except StoreError as exc:
-        return [], ConditionState(), f"silences and conditions not considered: {exc}"
-    try:
-        store.require_schema()
-        return store.silences(), store.conditions_of(source), None
-    except (StoreError, SQLAlchemyError) as exc:
-        why = error_reason(exc) if isinstance(exc, SQLAlchemyError) else exc
-        return [], ConditionState(), f"silences and conditions not considered: {why}"
-    finally:
-        store.close()
-
-
-def _sample(event_type: str, overrides: list[str], at: float) -> Event:
-    """A sample event of ``event_type`` with FIELD=VALUE overrides, as routing sees fields."""
-    from notifier.route import CALL_FIELDS, fields_of
-    from notifier.templates import sample_event
-
-    event = sample_event(event_type)
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in event.data.items()}
-    known = fields_of(event_type)
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if not sep or name not in known or name == "type":
-            raise _Usage(
-                f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(f for f in known if f != 'type')}"
-            )
-        sample = data["call"].get(name) if name in CALL_FIELDS else data.get(name)
-        typed: Any = value
-        if isinstance(sample, bool) or name == "international":
-            if value not in ("true", "false"):
-                raise _Usage(f"{item!r}: {name} is true or false")
-            typed = value == "true"
-        elif isinstance(sample, (int, float)):
-            try:
-                typed = float(value)
-            except ValueError:
-                typed = math.nan
-            if not math.isfinite(typed) or typed < 0:
-                raise _Usage(f"{item!r}: {name} is a number, 0 or more") from None
-            typed = int(typed) if isinstance(sample, int) and typed.is_integer() else typed
-        if name in CALL_FIELDS:
-            data["call"][name] = typed
-        else:
-            data[name] = typed
-    call_id = data["call"]["call_id"] if "call" in data else None
-    return Event(id="evt_route_test_0000000001", type=event_type, detected_at=at, data=data, call_id=call_id)
-
-
-def cmd_route_test(args: argparse.Namespace) -> int:
-    from notifier.channels import make_channel
-    from notifier.channels.webhook import webhook_body
-    from notifier.conditions import inhibited_by
-    from notifier.model import EVENT_TYPES
-    from notifier.quiet import judge
-    from notifier.route import event_fields, route
-    from notifier.templates import TEXT, render
-
-    config = _config(args, Credentials(lenient=True))  # it sends nothing: credentials are not needed
-    try:
-        if args.type not in EVENT_TYPES:
-            raise _Usage(f"{args.type!r} is not an event type; types: {', '.join(EVENT_TYPES)}")
-        at = _instant(args.at, "--at") if args.at else time.time()
-        if not _EPOCH_RANGE[0] <= at <= _EPOCH_RANGE[1]:
-            raise _Usage(f"--at: {args.at!r} is outside the years 1970 to 9000")
-        event = _sample(args.type, args.fields, at)
-    except _Usage as exc:
-        print(f"notifier: route-test: {exc}", file=sys.stderr)
-        return 2
-    silences, conditions, note = _store_silences(config, event.data.get("source", "default"))
-    inhibitor = inhibited_by(conditions, config.conditions, event)
-    hops = {hop.target: hop for hop in route(event, config.rules)}
-    fields = event_fields(event)
-    results = []
-    for name, target in config.targets.items():
-        hop = hops.get(name)
-        if hop is None:
-            results.append({"target": name, "rule": None, "outcome": "no rule"})
-            continue
-        verdict = judge(hop.rule, name, fields, at, silences, inhibitor)
-        row: dict[str, Any] = {"target": name, "rule": hop.rule.name, "outcome": verdict.action}
-        if verdict.reason:
-            row["by"] = verdict.reason
-        if verdict.until is not None or verdict.action == "muted":
-            until = hop.rule.muting.until(at)
-            row["until"] = iso(until) if until is not None else None
-        if verdict.sends:
-            if target.kind == "webhook":
-                row["body"] = msgspec.json.decode(webhook_body(event))
-            else:
-                channel = make_channel(target)
-                row["title"], row["body"] = render(hop.rule, event, getattr(channel, "escape", TEXT))
-        results.append(row)
-    sending = any(r["outcome"] == "send" for r in results)
-    if args.json:
-        report = {"type": args.type, "at": iso(at), "event": event_document(event), "targets": results, "note": note}
-        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
-        return 0 if sending else 1
-    overrides = f" with {' '.join(args.fields)}" if args.fields else ""
-    print(printable(f"{args.type}{overrides} at {_local_and_utc(at)}"))
-    if note:
-        print(f"({note})")
-    for row in results:
-        outcome = row["outcome"]
-        if outcome in ("silenced", "inhibited", "muted", "deferred"):
-            outcome += f" ({row['by']})"
-            if "until" in row:
-                until = row["until"]
-                outcome += f" until {_local_and_utc(parse_iso(until)) if until else 'no end within 400 days'}"
-        print(printable(f"  {row['target']:<16} {row['rule'] or '-':<28} {outcome}"))
-    for row in results:
-        if row["outcome"] != "send":
-            continue
-        print(f"\n{row['target']}:")
-        if "title" in row:
-            print(printable(f"  {row['title']}"))
-            print("\n".join(printable(f"  | {line}") for line in row["body"].splitlines()))
-        else:
-            print(printable("  " + msgspec.json.encode(row["body"]).decode()))
-    return 0 if sending else 1
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from notifier.quiet import judge_hops
-    from notifier.route import plan_deliveries
-
-    try:
-        since = max(0.0, time.time() - parse_duration(args.since))
-    except ValueError as exc:
-        print(f"notifier: replay: --since: {exc}", file=sys.stderr)
-        return 2
-    # It sends nothing: a credential it cannot read is no reason to refuse.
-    config = load_config(resolve_path(args.other or args.config), os.environ, Credentials(lenient=True))
-    silences, _, note = _store_silences(config)
-    store = _read_store(args)
-    try:
-        found = store.events(since=since, limit=None)
-        was = store.deliveries(since=since)
-    finally:
-        store.close()
-    # Events of one poll share their detection time: planned together, as the daemon did.
-    polls: dict[tuple[str, float], list[Event]] = {}
-    for event in found:
-        polls.setdefault((event.data.get("source", "default"), event.detected_at), []).append(event)
-    would: dict[tuple[str, str], Counter[str]] = {}
-    for (_, at), batch in polls.items():
-        for plan in plan_deliveries(batch, config.rules, config.digestible, judge_hops(at, silences)):
-            counts = would.setdefault((plan.rule, plan.target), Counter())
-            kind = "deferred" if plan.status == "pending" and plan.quieted_by else plan.status
-            counts["messages" if kind == "pending" else kind] += 1
-            counts["events"] += len(plan.event_ids)
-            if plan.is_digest:
-                counts["digests"] += 1
-    did: dict[tuple[str, str], Counter[str]] = {}
-    for delivery in was:
-        did.setdefault((delivery.rule, delivery.target), Counter())[delivery.status] += 1
-    rows = [
-        {
-            "rule": rule,
-            "target": target,
-            "would": dict(would.get((rule, target), {})),
-            "was": dict(did.get((rule, target), {})),
-        }
-        for rule, target in sorted(set(would) | set(did))
-    ]
-    if args.json:
-        report = {"since": iso(since), "events": len(found), "config": str(config.path), "rows": rows, "note": note}
-        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
-        return 0
-    print(f"{len(found)} events since {_local_and_utc(since)} through {config.path} (nothing is sent or written)")
-    if note:
-        print(f"({note})")
-    if not rows:
-        print("no deliveries either way")
-        return 0
-    print(f"{'rule':<28} {'target':<14} {'would deliver':<44} was delivered")
-    for row in rows:
-        w, d = row["would"], row["was"]
-        would_text = f"{w.get('messages', 0)} messages ({w.get('events', 0)} events, {w.get('digests', 0)} digests)"
-        for kind in ("silenced", "muted", "deferred"):
-            if w.get(kind):
-                would_text += f", {w[kind]} {kind}"
-        was_text = ", ".join(f"{n} {status}" for status, n in sorted(d.items())) or "nothing"
-        print(printable(f"{row['rule']:<28} {row['target']:<14} {would_text:<44} {was_text}"))
     return 0
 
 
