@@ -287,3 +287,89 @@ def test_inhibition_follows_the_conditions_matchers_and_only_call_events() -> No
     assert inhibited_by(state, [cond], stuck("+442079460000")) == "uk backlog"
     assert inhibited_by(state, [cond], stuck("+13105550100")) is None  # the condition does not count it
     assert inhibited_by(state, [cond], Event(id="n", type="call.stuck_queued", detected_at=T0, data={})) is None
+
+
+def test_instances_are_keyed_by_name_and_every_group_value() -> None:
+    assert instance_key("a", {"x": "1", "y": "2"}) == "a\x1fx=1\x1fy=2"
+    assert instance_key("a", {}) == "a\x1f"
+
+
+def test_grouping_by_several_fields_and_by_international_as_rules_see_it() -> None:
+    intl = {
+        "u": CallState(call=Call(call_id="u", status=QUEUED, international="true", pathway_id="p"), first_seen=T0),
+        "v": CallState(call=Call(call_id="v", status=QUEUED, international="false", pathway_id="p"), first_seen=T0),
+        "w": CallState(
+            call=Call(call_id="w", status=IN_PROGRESS, international="maybe", pathway_id="p"), first_seen=T0
+        ),
+    }
+    by_intl = Condition("by intl", "active", 0.0, above=True, group_by=("international",))
+    _, found = evaluate([by_intl], ConditionState(), intl, [], T0)
+    assert sorted((d["group"]["international"], d["value"]) for _, d in found) == [
+        ("", 1.0),
+        ("false", 1.0),
+        ("true", 1.0),
+    ]
+    two = Condition("two", "active", 0.0, above=True, group_by=("pathway_id", "status"))
+    _, found = evaluate([two], ConditionState(), intl, [], T0)
+    assert sorted((tuple(d["group"].values()), d["value"]) for _, d in found) == [
+        (("p", IN_PROGRESS), 1.0),
+        (("p", QUEUED), 2.0),
+    ]
+    only = Condition("intl only", "queued", 0.0, above=True, matchers=(parse_matcher('international = "true"'),))
+    _, found = evaluate([only], ConditionState(), intl, [], T0)
+    assert [d["value"] for _, d in found] == [1.0]
+
+
+def test_rates_match_and_group_their_transitions() -> None:
+    def started(cid: str, pathway: str) -> Event:
+        return Event(
+            id=cid,
+            type="call.started",
+            detected_at=T0,
+            data={"call": call_payload(Call(call_id=cid, pathway_id=pathway))},
+        )
+
+    events = [Event(id="x", type="source.recovered", detected_at=T0, data={})]  # skipped, not the end of the list
+    events += [started("a", "p1"), started("b", "p2"), started("c", "p2")]
+    rate = Condition("starts", "started_per_minute", 0.0, above=True, matchers=(parse_matcher('pathway_id = "p2"'),))
+    _, found = evaluate([rate], ConditionState(), {}, events, T0)
+    assert [d["value"] for _, d in found] == [0.4]  # 2 starts in five minutes
+    per = Condition("per", "started_per_minute", 0.0, above=True, group_by=("pathway_id",))
+    _, found = evaluate([per], ConditionState(), {}, events, T0)
+    assert sorted((d["group"]["pathway_id"], d["value"]) for _, d in found) == [("p1", 0.2), ("p2", 0.4)]
+
+
+def test_times_are_rounded_to_milliseconds_and_below_says_so() -> None:
+    cond = Condition("few", "in_progress", 2.0, above=False, for_=1.0)
+    state, found = run(cond, [(T0 + 0.00011, calls(0, 1)), (T0 + 1.23456, calls(0, 1))])
+    [(_, _, firing)] = found
+    assert firing["direction"] == "below" and firing["for_seconds"] == 1.234
+    old = Condition("old", "oldest_queued_seconds", 1.0, above=True)
+    _, found = evaluate([old], ConditionState(), calls(1, first_seen=T0), [], T0 + 2.34567)
+    assert [d["value"] for _, d in found] == [2.346]
+    _, found = run(cond, [(T0 + 3.45678, calls(0, 5))], state)
+    assert [d["firing_seconds"] for _, _, d in found] == [2.222]
+    _, found = evaluate([], state, {}, [], T0 + 3.45678)
+    assert found == [
+        (
+            "condition.resolved",
+            {
+                "condition": "few",
+                "metric": "",
+                "group": {},
+                "value": 1.0,
+                "firing_seconds": 2.222,
+                "reason": "removed from the configuration",
+            },
+        )
+    ]
+
+
+def test_while_kept_firing_the_instance_follows_the_value_and_a_gone_group_reads_zero() -> None:
+    cond = Condition("b", "queued", 2.0, above=True, keep_firing_for=60.0, group_by=("pathway_id",))
+    state, _ = run(cond, [(T0, calls(5, pathway="p"))])
+    state, found = run(cond, [(T0 + 5, calls(1, pathway="p"))], state)
+    [instance] = state.instances.values()
+    assert not found and instance.value == 1.0 and instance.holding_since is None and instance.firing_since == T0
+    state, found = run(cond, [(T0 + 70, {})], state)
+    assert [(k, d["value"]) for _, k, d in found] == [("condition.resolved", 0.0)]

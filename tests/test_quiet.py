@@ -115,3 +115,14 @@ def test_when_muted_is_drop_or_defer() -> None:
     with pytest.raises(RuleError) as caught:
         rule(when_muted="later")
     assert (caught.value.key, caught.value.reason) == ("when_muted", 'must be "drop" or "defer", not \'later\'')
+
+
+def test_an_inhibited_hop_names_its_condition_after_silences_and_before_mutes() -> None:
+    fields = event_fields(ev())
+    assert judge(rule(), "t", fields, 1.0, [], "backlog") == Verdict("inhibited", "backlog")
+    assert judge(rule(), "t", fields, 1.0, [silence('target = "t"')], "backlog").action == "silenced"
+    muted = rule(muting=Muting(mute=(ALWAYS,)))
+    assert judge(muted, "t", fields, MONDAY_NOON, [], "backlog") == Verdict("inhibited", "backlog")
+    first, second = ev(seq=1), ev(seq=2, call_id="c2")
+    hops = judge_hops(1.0, [], lambda event: "backlog" if event.id == first.id else None)
+    assert hops(rule(), "t", first) == Verdict("inhibited", "backlog") and hops(rule(), "t", second) == GO
