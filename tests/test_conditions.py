@@ -373,3 +373,35 @@ def test_while_kept_firing_the_instance_follows_the_value_and_a_gone_group_reads
     assert not found and instance.value == 1.0 and instance.holding_since is None and instance.firing_since == T0
     state, found = run(cond, [(T0 + 70, {})], state)
     assert [(k, d["value"]) for _, k, d in found] == [("condition.resolved", 0.0)]
+
+
+def test_the_edges_of_counting_matching_and_inhibiting() -> None:
+    gone = CallState(call=Call(call_id="gone", status=QUEUED), first_seen=T0 - 500, missing=1)
+    snapshot = {"gone": gone, **calls(2, first_seen=T0 - 100), **calls(0, 3, pathway="running")}
+    oldest_uk = Condition("o", "oldest_queued_seconds", 0.0, above=True, matchers=(parse_matcher('status =~ ".*"'),))
+    _, found = evaluate([oldest_uk], ConditionState(), snapshot, [], T0)
+    assert [d["value"] for _, d in found] == [100.0]  # the missing call is not active; the matcher path counts too
+    per = Condition("p", "oldest_queued_seconds", -1.0, above=True, group_by=("pathway_id",))
+    _, found = evaluate([per], ConditionState(), snapshot, [], T0)
+    assert sorted((d["group"]["pathway_id"], d["value"]) for _, d in found) == [("pw-1", 100.0), ("running", 0.0)]
+
+    def event(kind: str, cid: str) -> Event:
+        return Event(id=cid, type=kind, detected_at=T0, data={"call": call_payload(Call(call_id=cid))})
+
+    started = [event("call.appeared", "a"), event("call.started", "b")]
+    snapshot_only = Condition("q", "queued", 100.0, above=True)
+    state, _ = evaluate([snapshot_only], ConditionState(), {}, started, T0)
+    assert state.marks == []  # no rate condition: no window kept
+    rate = Condition("r", "started_per_minute", 0.0, above=True)
+    applied = apply(detect(DetectState("i"), _snapshot(DetectState("i")), T0, DetectSettings()), [rate], T0)
+    assert applied.events == []  # no start yet
+    state, found = evaluate([rate], ConditionState(), {}, started, T0)
+    assert [d["value"] for _, d in found] == [0.2] and len(state.marks) == 1  # the appeared one is not a start
+
+    first = Condition("first", "queued", 0.0, above=True, group_by=("pathway_id",), inhibits=("call.started",))
+    second = Condition("second", "queued", 0.0, above=True, inhibits=("call.stuck_queued",))
+    state, _ = evaluate([first, second], ConditionState(), calls(1), [], T0)
+    stuck = Event(id="s", type="call.stuck_queued", detected_at=T0, data={"call": call_payload(Call(call_id="x"))})
+    assert inhibited_by(state, [first, second], stuck) == "second"  # the first does not list it: the next is asked
+    two_gone, found = evaluate([], state, {}, [], T0 + 1)
+    assert sorted(d["condition"] for _, d in found) == ["first", "second"] and not two_gone.instances
