@@ -14,7 +14,7 @@ transitions (the rates).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -27,8 +27,10 @@ from notifier.model import (
     CallState,
     ConditionState,
     Event,
+    GroupCount,
     Instance,
     Mark,
+    Tally,
     international,
     iso,
 )
@@ -114,52 +116,109 @@ _FIELD_GETTERS: dict[str, Callable[[Call], str]] = {
 
 
 def _count(
-    found: dict[tuple[str, ...], _Group], key: tuple[str, ...], queued: bool, cs: CallState, oldest: bool
+    found: dict[tuple[str, ...], _Group], key: tuple[str, ...], queued: bool, cs: CallState, oldest: bool, sign: int
 ) -> None:
     group = found.get(key)
     if group is None:
         group = found[key] = _Group()
     if queued:
-        group.queued += 1
+        group.queued += sign
         if oldest:
             group.oldest = min(group.oldest, queued_since(cs))
     else:
-        group.in_progress += 1
+        group.in_progress += sign
 
 
-def _measure(
-    conditions: Sequence[Condition], calls: Mapping[str, CallState], marks: Sequence[Mark]
-) -> dict[str, dict[tuple[str, ...], _Group]]:
-    """Per condition, per group: the counts its metric needs (one pass over the calls)."""
-    groups: dict[str, dict[tuple[str, ...], _Group]] = {c.name: {} for c in conditions}
-    # A rate grouped by call fields also knows the groups of the calls now active: a
-    # pathway whose calls all wait, none starting, is the stall a rate is there to see.
-    on_calls = [c for c in conditions if c.metric in SNAPSHOT_METRICS or c.group_by]
-    on_marks = [c for c in conditions if c.metric in RATE_METRICS]
-    # The hot loop at 10k calls: a call's fields are built only for a condition that
-    # matches on them or groups by ``international`` (normalised); others read attributes.
+def _tally(
+    conditions: Sequence[Condition],
+    groups: dict[str, dict[tuple[str, ...], _Group]],
+    states: Iterable[CallState],
+    sign: int,
+) -> None:
+    """Count (``sign`` 1) or uncount (-1) these calls into each condition's groups.
+
+    The hot loop at 10k calls: a call's fields are built only for a condition that
+    matches on them or groups by ``international`` (normalised); others read attributes."""
+    if not conditions:
+        return
     plain = [
         (cond, groups[cond.name], attrgetter(*[_ATTRS[g] for g in cond.group_by]) if cond.group_by else None)
-        for cond in on_calls
+        for cond in conditions
         if not cond.matchers and "international" not in cond.group_by
     ]
-    fancy = [(cond, groups[cond.name]) for cond in on_calls if (cond.matchers or "international" in cond.group_by)]
+    fancy = [(cond, groups[cond.name]) for cond in conditions if (cond.matchers or "international" in cond.group_by)]
     needed = {f for cond, _ in fancy for f in (*cond.group_by, *(m.field for m in cond.matchers))}
     getters = [(name, _FIELD_GETTERS[name]) for name in sorted(needed)]
-    oldest = {cond.name for cond in on_calls if cond.metric == "oldest_queued_seconds"}
-    for cs in calls.values() if on_calls else ():
+    oldest = {cond.name for cond in conditions if cond.metric == "oldest_queued_seconds"}
+    for cs in states:
         if cs.missing:  # not in this poll's answer: about to disappear, not active
             continue
         call = cs.call
         queued = call.status == QUEUED
         for cond, found, get in plain:
             key = () if get is None else (get(call) if len(cond.group_by) > 1 else (get(call),))
-            _count(found, key, queued, cs, cond.name in oldest)
+            _count(found, key, queued, cs, cond.name in oldest, sign)
         if fancy:
             fields = {name: get(call) for name, get in getters}
             for cond, found in fancy:
                 if all(m.matches(fields) for m in cond.matchers):
-                    _count(found, tuple(fields[g] for g in cond.group_by), queued, cs, cond.name in oldest)
+                    _count(found, tuple(fields[g] for g in cond.group_by), queued, cs, cond.name in oldest, sign)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What detection changed this poll: counts follow it instead of a scan of every call."""
+
+    previous: Mapping[str, CallState]  # the calls before the poll
+    changed: Sequence[CallState]
+    removed: Sequence[str]
+
+
+def _signature(cond: Condition) -> str:
+    """What a condition's stored counts depend on: a reload that changes it recounts."""
+    return repr((cond.group_by, [str(m) for m in cond.matchers]))
+
+
+def _measure(
+    conditions: Sequence[Condition],
+    calls: Mapping[str, CallState],
+    marks: Sequence[Mark],
+    tallies: Mapping[str, Tally],
+    delta: Delta | None,
+) -> tuple[dict[str, dict[tuple[str, ...], _Group]], dict[str, Tally]]:
+    """Per condition, per group: the counts its metric needs, and the counts to keep.
+
+    Counts of calls are kept between polls and moved by what detection changed: a
+    steady poll costs nothing. ``oldest_queued_seconds`` needs a minimum, not a count:
+    it is measured over every call."""
+    groups: dict[str, dict[tuple[str, ...], _Group]] = {c.name: {} for c in conditions}
+    # A rate grouped by call fields also knows the groups of the calls now active: a
+    # pathway whose calls all wait, none starting, is the stall a rate is there to see.
+    on_calls = [c for c in conditions if c.metric in SNAPSHOT_METRICS or c.group_by]
+    counted = [c for c in on_calls if c.metric != "oldest_queued_seconds"]
+    moved = []
+    for cond in counted:
+        kept = tallies.get(cond.name)
+        if delta is not None and kept is not None and kept.signature == _signature(cond):
+            for count in kept.groups:
+                group = groups[cond.name][tuple(count.values)] = _Group()
+                group.queued, group.in_progress = count.queued, count.in_progress
+            moved.append(cond)
+    _tally([c for c in on_calls if c not in moved], groups, calls.values(), 1)
+    if moved and delta is not None:
+        before = delta.previous
+        _tally(moved, groups, (before[c] for c in delta.removed if c in before), -1)
+        _tally(moved, groups, (before[cs.call.call_id] for cs in delta.changed if cs.call.call_id in before), -1)
+        _tally(moved, groups, delta.changed, 1)
+    kept_now: dict[str, Tally] = {}
+    for cond in counted:
+        found = groups[cond.name]
+        for key in [k for k, g in found.items() if g.queued + g.in_progress <= 0]:
+            del found[key]  # no call left in the group: it is gone
+        kept_now[cond.name] = Tally(
+            _signature(cond), [GroupCount(list(k), g.queued, g.in_progress) for k, g in sorted(found.items())]
+        )
+    on_marks = [c for c in conditions if c.metric in RATE_METRICS]
     for mark in marks if on_marks else ():
         for cond in on_marks:
             if cond.matchers and not all(m.matches(mark.fields) for m in cond.matchers):
@@ -170,7 +229,7 @@ def _measure(
                 group.started += 1
             else:
                 group.ended_unstarted += 1
-    return groups
+    return groups, kept_now
 
 
 def evaluate(
@@ -179,8 +238,11 @@ def evaluate(
     calls: Mapping[str, CallState],
     events: Sequence[Event],
     now: float,
+    delta: Delta | None = None,
 ) -> tuple[ConditionState, list[tuple[str, dict[str, object]]]]:
     """One successful poll: (new state, [(event type, data)...]) in condition order.
+    With ``delta`` (what detection changed since the calls the stored counts were taken
+    from), the counts follow it; without, every call is counted.
 
     An instance fires once it has held for ``for`` (measured from the first poll that
     saw it hold), and resolves once it has not held for ``keep_firing_for``. A group
@@ -188,7 +250,7 @@ def evaluate(
     rates = [c for c in conditions if c.metric in RATE_METRICS]
     keep = sorted({f for c in rates for f in c.group_by} | {m.field for c in rates for m in c.matchers})
     marks = [m for m in state.marks if m.at > now - RATE_WINDOW] + (_marks(events, keep) if rates else [])
-    measured = _measure(conditions, calls, marks)
+    measured, tallies = _measure(conditions, calls, marks, state.tallies, delta)
     instances = dict(state.instances)
     found: list[tuple[str, dict[str, object]]] = []
     for cond in conditions:
@@ -229,7 +291,7 @@ def evaluate(
                     },
                 )
             )
-    return ConditionState(instances=instances, marks=marks if rates else []), found
+    return ConditionState(instances=instances, marks=marks if rates else [], tallies=tallies), found
 
 
 def _step(
@@ -289,13 +351,16 @@ def inhibited_by(state: ConditionState, conditions: Sequence[Condition], event: 
     return None
 
 
-def apply(transition: Transition, conditions: Sequence[Condition], now: float) -> Transition:
+def apply(
+    transition: Transition, conditions: Sequence[Condition], now: float, previous: Mapping[str, CallState] | None = None
+) -> Transition:
     """Detection's transition with the conditions' events appended (numbered after its
     own) and their state in the new detection state, committed together."""
     if not conditions and not transition.state.conditions.instances:
         return transition
     state: DetectState = transition.state
-    conditions_state, found = evaluate(conditions, state.conditions, state.calls, transition.events, now)
+    delta = Delta(previous, transition.changed, transition.removed) if previous is not None else None
+    conditions_state, found = evaluate(conditions, state.conditions, state.calls, transition.events, now, delta)
     events = [
         Event(
             id=event_id(state.instance, state.next_seq + i),

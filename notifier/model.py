@@ -115,9 +115,23 @@ class Mark(msgspec.Struct, frozen=True, array_like=True):
     fields: dict[str, str]
 
 
+class GroupCount(msgspec.Struct, frozen=True, array_like=True):
+    values: list[str]  # the group's values, in group_by order
+    queued: int
+    in_progress: int
+
+
+class Tally(msgspec.Struct, frozen=True, array_like=True):
+    """One condition's counts of active calls per group, kept between polls."""
+
+    signature: str  # its group_by and matchers: counts taken under others are recounted
+    groups: list[GroupCount]
+
+
 class ConditionState(msgspec.Struct, frozen=True):
     instances: dict[str, Instance] = {}  # by instance_key
     marks: list[Mark] = []  # the last RATE_WINDOW of them
+    tallies: dict[str, Tally] = {}  # by condition name
 
     def firing(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.firing_since is not None]

@@ -151,7 +151,7 @@ class Poller:
             now = self.clock()
             if isinstance(answer, PollError):  # a failed poll changes no condition
                 return now, detect(state, PollFailure(answer.reason), now, settings)
-            return now, apply_conditions(detect(state, answer, now, settings), config.conditions, now)
+            return now, apply_conditions(detect(state, answer, now, settings), config.conditions, now, state.calls)
 
         # Pure and CPU-bound at large N, so off the event loop: in the worker thread that
         # fetched and decoded the answer, while the decoded calls are still in the CPU's

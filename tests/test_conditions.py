@@ -405,3 +405,43 @@ def test_the_edges_of_counting_matching_and_inhibiting() -> None:
     assert inhibited_by(state, [first, second], stuck) == "second"  # the first does not list it: the next is asked
     two_gone, found = evaluate([], state, {}, [], T0 + 1)
     assert sorted(d["condition"] for _, d in found) == ["first", "second"] and not two_gone.instances
+
+
+SNAPSHOTS = st.lists(
+    st.dictionaries(
+        st.sampled_from([f"c{i}" for i in range(12)]),
+        st.tuples(st.sampled_from([QUEUED, IN_PROGRESS]), st.sampled_from(["p1", "p2", "p3"]), st.booleans()),
+        max_size=12,
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@given(SNAPSHOTS, st.integers(1, 2))
+def test_counts_kept_between_polls_match_a_count_of_every_call(
+    snapshots: list[dict[str, tuple[str, str, bool]]], missing_polls: int
+) -> None:
+    from notifier.model import Snapshot
+
+    conditions = [
+        Condition("q", "queued", 1.0, above=True, group_by=("pathway_id",), keep_firing_for=3.0),
+        Condition("a", "active", 2.0, above=False),
+        Condition("i", "in_progress", 0.0, above=True, matchers=(parse_matcher('international = "true"'),)),
+        Condition("s", "started_per_minute", 0.5, above=False, group_by=("pathway_id", "status")),
+    ]
+    settings = DetectSettings(missing_polls=missing_polls, announce_existing=True)
+    kept = scanned = DetectState("i")
+    for step, answer in enumerate(snapshots):
+        now = T0 + 5 * step
+        snapshot = Snapshot(
+            calls={
+                cid: Call(call_id=cid, status=status, pathway_id=pathway, international="true" if intl else "false")
+                for cid, (status, pathway, intl) in answer.items()
+            }
+        )
+        incremental = apply(detect(kept, snapshot, now, settings), conditions, now, kept.calls)
+        full = apply(detect(scanned, snapshot, now, settings), conditions, now)
+        assert incremental.events == full.events
+        assert incremental.state.conditions == full.state.conditions
+        kept, scanned = incremental.state, full.state

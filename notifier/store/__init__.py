@@ -330,7 +330,7 @@ class Store:
                     state.next_seq,
                     _json.encode(state.source),
                     _json.encode(state.timers),
-                    _json.encode(state.conditions) if state.conditions.instances or state.conditions.marks else None,
+                    _json.encode(state.conditions) if state.conditions != ConditionState() else None,
                     name,
                 ),
             )
