@@ -260,14 +260,8 @@ def _ranges(raw: Mapping[str, Any], name: str, here: str, read: Any, bounds: tup
     """``["monday:friday", "sunday"]`` -> ((1, 5), (0, 0)); inclusive, start <= end."""
     if name not in raw:
         return None
-    key = f"{here}.{name}"
-    values = raw[name]
-    if not isinstance(values, list) or not values:
-        raise IntervalError(key, 'must be a non-empty list like ["monday:friday"]')
     found = []
-    for index, value in enumerate(values):
-        where = f"{key}[{index}]"
-        text = str(value)
+    for where, text in _items(raw[name], f"{here}.{name}", '["monday:friday"]'):
         first, _, last = text.partition(":")
         try:
             start, end = read(first), read(last or first)
@@ -282,13 +276,17 @@ def _ranges(raw: Mapping[str, Any], name: str, here: str, read: Any, bounds: tup
     return tuple(found)
 
 
-def _days(values: Any, key: str) -> tuple[tuple[int, int], ...]:
+def _items(values: Any, key: str, example: str) -> Iterator[tuple[str, str]]:
+    """(key path, text) of each item of a list field, which must not be empty."""
     if not isinstance(values, list) or not values:
-        raise IntervalError(key, 'must be a non-empty list like ["1:7", "-1"]')
-    found = []
+        raise IntervalError(key, f"must be a non-empty list like {example}")
     for index, value in enumerate(values):
-        where = f"{key}[{index}]"
-        text = str(value)
+        yield f"{key}[{index}]", str(value)
+
+
+def _days(values: Any, key: str) -> tuple[tuple[int, int], ...]:
+    found = []
+    for where, text in _items(values, key, '["1:7", "-1"]'):
         match = re.fullmatch(r"(-?\d+)(?::(-?\d+))?", text.strip())
         if match is None:
             raise IntervalError(where, f"{text!r}: expected a day (1 to 31, or -1 to -31 from the end) or a range")

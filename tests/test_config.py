@@ -206,19 +206,23 @@ def test_config_path_resolution_order(tmp_path: Path) -> None:
     )
 
 
+#: Values of the right shape for each credential rules.example.toml reads (Apprise checks them).
+EXAMPLE_CREDENTIALS = {
+    "bland_api_key": "sk-example-key",
+    "bland_org_id": "org-example",
+    "slack_tokens": "T1AAAAAAA/B2BBBBBBB/C3CCCCCCCCCCCCCCCCCCCCCC",
+    "smtp_password": "smtp-pass-123",
+    "crm_webhook_secret": WHSEC,
+    "pagerduty_integration_key": "integration0123456789abcdef0123456",
+    "pagerduty_api_key": "apikey0123456789",
+}
+
+
 def test_the_example_config_is_valid(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "rules.example.toml"
     creds = tmp_path / "creds"
     creds.mkdir()
-    values = {
-        "bland_api_key": "sk-example-key",
-        "bland_org_id": "org-example",
-        "slack_tokens": "T1AAAAAAA/B2BBBBBBB/C3CCCCCCCCCCCCCCCCCCCCCC",
-        "smtp_password": "smtp-pass-123",
-        "crm_webhook_secret": WHSEC,
-        "pagerduty_integration_key": "integration0123456789abcdef0123456",
-        "pagerduty_api_key": "apikey0123456789",
-    }
+    values = EXAMPLE_CREDENTIALS
     for name, value in values.items():
         (creds / name).write_text(value + "\n")
     result = run_cli(["check", str(example)], cli_env(None, tmp_path, CREDENTIALS_DIRECTORY=str(creds)), tmp_path)

@@ -16,22 +16,13 @@ from notifier.model import iso
 from notifier.simulator import BlandSimulator, wire_call
 from tests.conftest import announce_to, cli_env, run_cli, wait_for, write_config
 from tests.receivers import Receiver
-from tests.test_config import WHSEC
+from tests.test_config import EXAMPLE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "rules.example.toml"
 UNIT = ROOT / "systemd" / "bland-notifier.service"
 NOTIFIER = str(Path(sys.executable).parent / "notifier")
-#: Values of the right shape for each of the example's credentials (Apprise checks them).
-VALUES = {
-    "bland_api_key": "sk-example-key",
-    "bland_org_id": "org-example",
-    "slack_tokens": "T1AAAAAAA/B2BBBBBBB/C3CCCCCCCCCCCCCCCCCCCCCC",
-    "smtp_password": "smtp-pass-123",
-    "crm_webhook_secret": WHSEC,
-    "pagerduty_integration_key": "integration0123456789abcdef0123456",
-    "pagerduty_api_key": "apikey0123456789",
-}
+VALUES = EXAMPLE_CREDENTIALS
 
 
 def _production_block() -> str:
