@@ -382,33 +382,9 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        rows = [
-            {
-                "id": d.id,
-                "event_id": d.event_id,
-                "events": d.event_count,
-                "target": d.target,
-                "rule": d.rule,
-                "status": d.status,
-                "attempts": d.attempts,
-                "created_at": iso(d.created_at),
-                "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
-                "finished_at": iso(d.finished_at),
-                "last_error": d.last_error,
-                "quieted_by": d.quieted_by,
-                "attempt_log": [
-                    {
-                        "at": iso(a.at),
-                        "outcome": a.outcome,
-                        "status_code": a.status_code,
-                        "error": a.error,
-                        "latency_seconds": round(a.latency, 4),
-                    }
-                    for a in history[d.id]
-                ],
-            }
-            for d in found
-        ]
+        from notifier.views import delivery_view
+
+        rows = [delivery_view(d, history[d.id]) for d in found]
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
         return 0
     if not found:
@@ -445,74 +421,38 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from notifier.lease import read_leader
+    from notifier.views import status_report
 
     store = read_store(args)
     try:
         now = time.time()
-        info = read_leader(store)
-        sources = store.sources()
-        depth, oldest = store.queue_stats()
-        firing = [(row.name, instance) for row in sources for instance in store.conditions_of(row.name).firing()]
+        report = status_report(store, now)
     finally:
         store.close()
-    leading = info is not None and info.held
-    reachable = all(not row.state.unreachable for row in sources)
-    report = {
-        "leader": {
-            "host": info.host,
-            "pid": info.pid,
-            "term": info.term,
-            "since": iso(info.since),
-            "lease_expires_in_seconds": round(info.expires_at - info.now, 3),
-        }
-        if leading and info is not None
-        else None,
-        "sources": [
-            {
-                "name": row.name,
-                "reachable": not row.state.unreachable,
-                "last_successful_poll": iso(row.state.last_success),
-                "consecutive_failures": row.state.failures,
-                "last_error": row.state.last_error,
-                "active_calls": row.calls,
-            }
-            for row in sources
-        ],
-        "conditions": [
-            {
-                "source": name,
-                "condition": i.condition,
-                "group": i.group,
-                "value": i.value,
-                "firing_since": iso(i.firing_since),
-            }
-            for name, i in firing
-        ],
-        "queue": {"pending": depth, "oldest_seconds": round(now - oldest, 3) if oldest is not None else None},
-    }
+    leader = report.leader
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:
-        if leading and info is not None:
-            print(f"leader: {info.host} pid {info.pid} (term {info.term}, since {iso(info.since) or '?'})")
+        if leader is not None:
+            print(f"leader: {leader.host} pid {leader.pid} (term {leader.term}, since {leader.since or '?'})")
         else:
             print("leader: none (no daemon holds the lease)")
-        for row in sources:
-            health = "reachable" if not row.state.unreachable else f"UNREACHABLE since {iso(row.state.failing_since)}"
-            if row.state.failures and not row.state.unreachable:
-                health = f"failing ({row.state.failures} polls: {row.state.last_error})"
-            last = iso(row.state.last_success) or "never"
-            calls = ", ".join(f"{count} {status}" for status, count in sorted(row.calls.items())) or "no active calls"
+        for row in report.sources:
+            health = "reachable" if row.reachable else f"UNREACHABLE since {row.failing_since}"
+            if row.consecutive_failures and row.reachable:
+                health = f"failing ({row.consecutive_failures} polls: {row.last_error})"
+            last = row.last_successful_poll or "never"
+            calls = ", ".join(f"{n} {status}" for status, n in sorted(row.active_calls.items())) or "no active calls"
             print(printable(f"source {row.name}: {health}; last successful poll {last}; {calls}"))
-        if not sources:
+        if not report.sources:
             print("sources: none polled yet")
-        for name, i in firing:
-            group = " ".join(f"{k}={v}" for k, v in i.group.items())
-            print(printable(f"firing: {i.condition} {group} ({name}): {i.value:g} since {iso(i.firing_since)}"))
-        age = f" (oldest {format_duration(now - oldest)})" if oldest is not None else ""
-        print(f"queue: {depth} {'delivery' if depth == 1 else 'deliveries'} pending{age}")
-    return 0 if leading and reachable else 1
+        for c in report.conditions:
+            group = " ".join(f"{k}={v}" for k, v in c.group.items())
+            print(printable(f"firing: {c.condition} {group} ({c.source}): {c.value:g} since {c.firing_since}"))
+        queue = report.queue
+        age = f" (oldest {format_duration(queue.oldest_seconds)})" if queue.oldest_seconds is not None else ""
+        print(f"queue: {queue.pending} {'delivery' if queue.pending == 1 else 'deliveries'} pending{age}")
+    return 0 if leader is not None and all(row.reachable for row in report.sources) else 1
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -32,11 +32,11 @@ from notifier.store import Store, StoreError, error_reason
 
 
 def cmd_silence_add(args: argparse.Namespace) -> int:
-    from notifier.quiet import Silence, parse_silence_matchers
+    from notifier.quiet import new_silence
 
     now = time.time()
+    author = (args.author or "").strip() or os.environ.get("SUDO_USER") or getpass.getuser()
     try:
-        matchers = parse_silence_matchers(args.matchers)
         starts = instant(args.starts, "--starts") if args.starts else now
         if args.duration:
             try:
@@ -45,47 +45,27 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
                 raise Usage(f"--for: {exc}") from None
         else:
             ends = instant(args.until, "--until")
-        if ends <= max(starts, now):
-            raise Usage("the silence would end before it starts (or in the past)")
-        if ends > now + 100 * 366 * 86400:
-            raise Usage("a silence ends within a hundred years (expire it sooner if need be)")
-        if all(m.matches({}) for m in matchers):
-            raise Usage("these matchers hold for every delivery; silence something in particular")
-        if not args.comment.strip() or not any(c.isalnum() for c in args.comment):
-            raise Usage("--comment: say why, for whoever finds the silence")
+        silence = new_silence(f"sil_{secrets.token_hex(6)}", args.matchers, starts, ends, args.comment, author, now)
     except (ValueError, Usage) as exc:
-        print(f"notifier: silence add: {exc}", file=sys.stderr)
+        reason = str(exc)
+        print(f"notifier: silence add: {'--' if reason.startswith('comment:') else ''}{reason}", file=sys.stderr)
         return 2
-    author = (args.author or "").strip() or os.environ.get("SUDO_USER") or getpass.getuser()
-    silence = Silence(f"sil_{secrets.token_hex(6)}", matchers, starts, ends, args.comment.strip(), author, now)
     store = read_store(args)
     try:
-        store.add_silence(silence, [str(m) for m in matchers])
+        store.add_silence(silence, [str(m) for m in silence.matchers])
     finally:
         store.close()
     print(silence.id)
-    print(printable(f"silences {' and '.join(str(m) for m in matchers)} until {local_and_utc(ends)}"), file=sys.stderr)
+    print(
+        printable(f"silences {' and '.join(str(m) for m in silence.matchers)} until {local_and_utc(silence.ends_at)}"),
+        file=sys.stderr,
+    )
     return 0
 
 
-def _silence_json(silence: Any, now: float) -> dict[str, Any]:
-    return {
-        "id": silence.id,
-        "matchers": [str(m) for m in silence.matchers],
-        "starts_at": iso(silence.starts_at),
-        "ends_at": iso(silence.ends_at),
-        "state": _silence_state(silence, now),
-        "comment": silence.comment,
-        "author": silence.author,
-        "created_at": iso(silence.created_at),
-    }
-
-
-def _silence_state(silence: Any, now: float) -> str:
-    return "active" if silence.active(now) else "expired" if silence.ends_at <= now else "pending"
-
-
 def cmd_silence_list(args: argparse.Namespace) -> int:
+    from notifier.views import silence_state, silence_view
+
     now = time.time()
     store = read_store(args)
     try:
@@ -93,13 +73,13 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode([_silence_json(s, now) for s in found]).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode([silence_view(s, now) for s in found]).decode() + "\n")
         return 0
     if not found:
         print("no silences" if args.all else "no active or pending silences (--all shows expired ones)")
         return 0
     for silence in found:
-        state = _silence_state(silence, now)
+        state = silence_state(silence, now)
         span = f"until {local_and_utc(silence.ends_at)}"
         if state == "pending":
             span = f"from {local_and_utc(silence.starts_at)} " + span

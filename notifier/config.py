@@ -73,6 +73,7 @@ class DetectConfig(_Schema, frozen=True):
 
 class HttpConfig(_Schema, frozen=True):
     listen: str = "127.0.0.1:9464"
+    token: Secret | None = None  # the API's bearer token for changes; none: the console is read-only
 
 
 class HeartbeatConfig(_Schema, frozen=True):
@@ -169,6 +170,8 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing text that might have picked one up."""
         values = storage_secrets(self.storage)
+        if self.http is not None and self.http.token is not None:
+            values.append(self.http.token.reveal())
         if self.heartbeat is not None:
             values += url_secrets(self.heartbeat.url.reveal())
         for source in self.sources.values():
@@ -467,6 +470,9 @@ def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
         raise fail("detect.missing_polls", "must be 1 or more")
     if schema.http is not None:
         _validate_listen(schema.http.listen, fail)
+        token = schema.http.token.reveal() if schema.http.token is not None else None
+        if token is not None and token != PLACEHOLDER and (len(token) < 16 or not token.isprintable() or " " in token):
+            raise fail("http.token", "at least 16 characters, no spaces (e.g. from `openssl rand -hex 32`)")
     if schema.heartbeat is not None:
         _validate_heartbeat_url(schema.heartbeat.url.reveal(), fail)
         for name in ("every", "timeout"):

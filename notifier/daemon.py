@@ -27,12 +27,12 @@ from anyio.abc import TaskGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.bland import BlandClient, request_backstop
-from notifier.config import Config, ConfigError, SourceConfig, changes, load_config
+from notifier.config import Config, ConfigError, HttpConfig, SourceConfig, changes, load_config
 from notifier.detect import DetectState
 from notifier.durations import format_duration
 from notifier.heartbeat import Heartbeat
 from notifier.lease import STORE_TROUBLE, Lease, LeaseHeld, LeaseLost, keep, read_leader
-from notifier.listener import Listener, Standing
+from notifier.listener import Listener, Standing, WSGIApp
 from notifier.logs import kv, log, register_secrets
 from notifier.metrics import Metrics
 from notifier.model import Event, iso
@@ -142,6 +142,13 @@ class Daemon:
         }
         return Standing(self.role, sources, self._store_error, self._leader_seen)
 
+    def _web(self, http: HttpConfig) -> WSGIApp:
+        from notifier.web import wsgi_app
+        from notifier.web.api import WebContext
+
+        token = http.token.reveal() if http.token is not None else None
+        return wsgi_app(WebContext(self.store, self.standing, self.clock, token))
+
     def _store_ok(self) -> None:
         if self._store_error is not None:
             log.info("the store is reachable again", extra=kv(database=self.store.description))
@@ -166,7 +173,9 @@ class Daemon:
         handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
             if self.config.http is not None:
-                self.listener = Listener(self.config.http.listen, self.metrics, self.standing, self.clock)
+                self.listener = Listener(
+                    self.config.http.listen, self.metrics, self.standing, self.clock, self._web(self.config.http)
+                )
                 self.listener.start()
             await self._run_tasks(stop_requested)
         finally:

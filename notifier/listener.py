@@ -1,7 +1,10 @@
-"""The optional HTTP listener (``[http] listen``): ``/metrics`` and ``/healthz``.
+"""The optional HTTP listener (``[http] listen``): ``/metrics``, ``/healthz``, and the
+console and JSON API (``notifier.web``) on every other path.
 
-A small WSGI app on wsgiref in a background thread: scrapes and health checks never
+A small WSGI server on wsgiref in background threads: scrapes and health checks never
 wait for the event loop, and a hung loop still answers (the watchdog handles that).
+Every response carries strict security headers: the console runs no inline script,
+cannot be framed, and is never shared with other origins.
 """
 
 from __future__ import annotations
@@ -143,6 +146,21 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+SECURITY_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
 class Listener:
     def __init__(
         self,
@@ -150,12 +168,14 @@ class Listener:
         metrics: Metrics,
         standing: Callable[[], Standing],
         clock: Callable[[], float],
+        web: WSGIApp | None = None,
     ) -> None:
         host, _, port = listen.rpartition(":")
         self._host = host.strip("[]")
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._standing = standing
         self._clock = clock
+        self._web = web
         try:
             server_class = _Server6 if ":" in self._host else _Server
             self._server = make_server(
@@ -179,7 +199,15 @@ class Listener:
         self._server.server_close()
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def secured(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            return start_response(status, [*headers, *SECURITY_HEADERS], *exc_info)
+
         path = environ.get("PATH_INFO", "")
+        if self._web is not None and path not in ("/metrics", "/healthz"):
+            return self._web(environ, secured)
+        return self._own(path, environ, secured)
+
+    def _own(self, path: str, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
             return [b"only GET and HEAD\n"]

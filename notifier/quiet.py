@@ -49,6 +49,33 @@ def parse_silence_matchers(texts: Sequence[str]) -> tuple[Matcher, ...]:
     return tuple(found)
 
 
+def silence_matchers(texts: Sequence[str]) -> tuple[Matcher, ...]:
+    """Matchers a silence may have (the console checks them as they are typed)."""
+    matchers = parse_silence_matchers(texts)
+    if all(m.matches({}) for m in matchers):
+        raise ValueError("these matchers hold for every delivery; silence something in particular")
+    return matchers
+
+
+#: The longest a silence may last: a forgotten one must end some day.
+LONGEST_SILENCE = 100 * 366 * 86400
+
+
+def new_silence(
+    silence_id: str, texts: Sequence[str], starts: float, ends: float, comment: str, author: str, now: float
+) -> Silence:
+    """A silence as ``silence add`` and the API make it, or ValueError saying what is
+    wrong: one that could never act, or would quiet everything, is refused."""
+    matchers = silence_matchers(texts)
+    if ends <= max(starts, now):
+        raise ValueError("the silence would end before it starts (or in the past)")
+    if ends > now + LONGEST_SILENCE:
+        raise ValueError("a silence ends within a hundred years (expire it sooner if need be)")
+    if not any(c.isalnum() for c in comment):
+        raise ValueError("comment: say why, for whoever finds the silence")
+    return Silence(silence_id, matchers, starts, ends, comment.strip(), author.strip(), now)
+
+
 SEND, SILENCED, INHIBITED, MUTED, DEFERRED = "send", "silenced", "inhibited", "muted", "deferred"
 
 

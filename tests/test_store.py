@@ -68,7 +68,7 @@ def test_upgrade_is_idempotent_and_at_head(store_url: str) -> None:
     store = open_url(store_url)
     store.upgrade()
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
         tables = set(sqlalchemy.inspect(conn).get_table_names())
     assert {"calls", "events", "polls", "deliveries", "delivery_events", "attempts", "meta"} <= tables
     store.close()

@@ -26,7 +26,7 @@ from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from notifier.detect import DetectState, Transition
+from notifier.detect import DetectState, Transition, queued_since
 from notifier.model import CallState, ConditionState, Event, SourceState
 from notifier.quiet import Silence
 from notifier.route import PlannedDelivery
@@ -304,11 +304,12 @@ class Store:
             for start in range(0, len(transition.changed), WRITE_CHUNK):  # bounded memory on a first poll
                 conn.exec_driver_sql(
                     sql(
-                        "INSERT INTO calls (source, call_id, status, state) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (source, call_id) DO UPDATE SET status = excluded.status, state = excluded.state"
+                        "INSERT INTO calls (source, call_id, status, state, queued_at) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (source, call_id) DO UPDATE SET status = excluded.status, state = excluded.state, "
+                        "queued_at = excluded.queued_at"
                     ),
                     [
-                        (name, cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs))
+                        (name, cs.call.call_id, cs.call.status, _call_state_encoder.encode(cs), queued_since(cs))
                         for cs in transition.changed[start : start + WRITE_CHUNK]
                     ],
                 )
@@ -391,8 +392,12 @@ class Store:
         call_id: str | None = None,
         source: str | None = None,
         limit: int | None = None,
+        offset: int = 0,
+        search: str | None = None,
     ) -> list[Event]:
-        """Recorded events, oldest first (the newest ``limit`` when given)."""
+        """Recorded events, oldest first (the newest ``limit`` when given, after skipping
+        the newest ``offset``). ``search``: the text appears in the event's JSON (a call
+        id, a number, an objective), in any case."""
         query = select(events).order_by(events.c.seq.desc())
         if since is not None:
             query = query.where(events.c.detected_at >= since)
@@ -402,11 +407,52 @@ class Store:
             query = query.where(events.c.call_id == call_id)
         if source:
             query = query.where(events.c.source == source)
+        if search:
+            text = events.c.data if self._qmark else func.convert_from(events.c.data, "UTF8")
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(text.ilike(pattern, escape="\\"))
         if limit:
             query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_row_event(row) for row in reversed(rows)]
+
+    def event_sources(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """The source of each event, by id."""
+        found: dict[str, str] = {}
+        ids = list(event_ids)
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for event_id, source in conn.execute(
+                    select(events.c.id, events.c.source).where(events.c.id.in_(chunk))
+                ):
+                    found[event_id] = source
+        return found
+
+    def active_calls(
+        self, *, source: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[int, list[tuple[str, CallState]]]:
+        """(how many calls match, one page of them as (source, state)), the longest
+        queued first: read from the ``ix_calls_oldest`` index, whatever the number of calls."""
+        where = []
+        if source is not None:
+            where.append(calls.c.source == source)
+        if status is not None:
+            where.append(calls.c.status == status)
+        page = (
+            select(calls.c.source, calls.c.state)
+            .where(*where)
+            .order_by(calls.c.queued_at, calls.c.call_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(calls).where(*where)).scalar_one()
+            rows = conn.execute(page).all()
+        return int(total), [(r.source, _call_state_decoder.decode(r.state)) for r in rows]
 
     def sources(self) -> list[SourceRow]:
         """Every source's committed health and its active calls by status."""
@@ -508,8 +554,9 @@ class Store:
             )
 
     def deliveries(
-        self, status: str | None = None, limit: int | None = None, since: float | None = None
+        self, status: str | None = None, limit: int | None = None, since: float | None = None, offset: int = 0
     ) -> list[Delivery]:
+        """Deliveries, oldest first (the newest ``limit`` when given, after skipping the newest ``offset``)."""
         query = select(deliveries).order_by(deliveries.c.id.desc())
         if status:
             query = query.where(deliveries.c.status == status)
@@ -517,8 +564,15 @@ class Store:
             query = query.where(deliveries.c.created_at >= since)
         if limit:
             query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
         with self.engine.connect() as conn:
             return [_row_delivery(r) for r in reversed(conn.execute(query).all())]
+
+    def delivery(self, delivery_id: int) -> Delivery | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
+        return _row_delivery(row) if row is not None else None
 
     def attempts_of(self, delivery_ids: Sequence[int]) -> dict[int, list[AttemptRecord]]:
         """Each delivery's attempts, oldest first: one query per 500 deliveries, not per delivery."""
@@ -533,12 +587,14 @@ class Store:
                     found[r.delivery_id].append(AttemptRecord(r.at, r.outcome, r.status_code, r.error, r.latency))
         return found
 
-    def redeliver(self, now: float, *, event_id: str | None = None) -> int:
-        """Re-queue dead deliveries (of one event, or all); returns how many."""
+    def redeliver(self, now: float, *, event_id: str | None = None, delivery_id: int | None = None) -> int:
+        """Re-queue dead deliveries (of one event, one delivery, or all); returns how many."""
         query = update(deliveries).where(deliveries.c.status == "dead")
         if event_id is not None:
             linked = select(delivery_events.c.delivery_id).where(delivery_events.c.event_id == event_id)
             query = query.where(or_(deliveries.c.event_id == event_id, deliveries.c.id.in_(linked)))
+        if delivery_id is not None:
+            query = query.where(deliveries.c.id == delivery_id)
         with self.transaction() as conn:
             result = conn.execute(
                 query.values(

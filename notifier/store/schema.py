@@ -59,7 +59,9 @@ calls = Table(
     Column("call_id", String, nullable=False),
     Column("status", String, nullable=False),
     Column("state", LargeBinary, nullable=False),  # msgpack-encoded CallState
+    Column("queued_at", Float),  # detect.queued_since: the console lists the oldest first
     PrimaryKeyConstraint("source", "call_id", name="pk_calls"),
+    Index("ix_calls_oldest", "status", "queued_at", "call_id"),
 )
 events = Table(
     "events",
