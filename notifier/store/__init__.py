@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import Text, and_, case, delete, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -408,7 +408,8 @@ class Store:
         if source:
             query = query.where(events.c.source == source)
         if search:
-            text = events.c.data if self._qmark else func.convert_from(events.c.data, "UTF8")
+            data = events.c.data
+            text = type_coerce(data, Text) if self._qmark else func.convert_from(data, "UTF8", type_=Text)
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(text.ilike(pattern, escape="\\"))
         if limit:

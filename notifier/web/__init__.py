@@ -18,9 +18,11 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.static_files import create_static_files_router
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import __version__
 from notifier.logs import kv
+from notifier.store import StoreError, error_reason
 from notifier.web.api import Problem, WebContext, api_router, provide_context
 from notifier.web.console import console
 
@@ -36,6 +38,13 @@ def _failed(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem
     answered without internals."""
     log.error("web request failed", exc_info=exc, extra=kv(method=request.method, path=request.url.path))
     return Response(Problem(500, "internal error: see the daemon's log"), status_code=500)
+
+
+def _store_trouble(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """The store cannot answer (not made yet, PostgreSQL down, locked): 503 with the reason."""
+    reason = error_reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+    log.warning("web request: store unavailable", extra=kv(path=request.url.path, error=reason))
+    return Response(Problem(503, f"store unavailable: {reason}"), status_code=503, headers={"Retry-After": "5"})
 
 
 def make_app(context: WebContext) -> Litestar:
@@ -54,7 +63,7 @@ def make_app(context: WebContext) -> Litestar:
             render_plugins=[JsonRenderPlugin()],
             description="Active calls, events, deliveries and silences of a bland-notifier store.",
         ),
-        exception_handlers={500: _failed},
+        exception_handlers={500: _failed, SQLAlchemyError: _store_trouble, StoreError: _store_trouble},
         request_max_body_size=MAX_BODY,
         logging_config=None,
         debug=False,

@@ -47,6 +47,7 @@ from notifier.views import (
 )
 
 DELIVERY_STATUSES = ("pending", "sent", "dead", "silenced", "muted", "inhibited")
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]  # an enum in the schema
 PAGE_MAX = 1000
 
 
@@ -127,6 +128,7 @@ Limit = Annotated[int, Parameter(ge=1, le=PAGE_MAX, description="items per page"
 Offset = Annotated[int, Parameter(ge=0, le=10**9, description="items to skip")]
 _PROBLEM = {
     400: ResponseSpec(Problem, description="malformed input: the reason is in detail and extra"),
+    503: ResponseSpec(Problem, description="the store cannot answer now: the reason is in detail"),
 }
 _CHANGE = {
     **_PROBLEM,
@@ -160,8 +162,10 @@ def _timestamp(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def _bad(detail: str) -> ClientException:
-    return ClientException(detail=detail, status_code=400)
+def _unprocessable(detail: str) -> ClientException:
+    """Well-formed, but not a silence (a matcher that does not parse, a time in the past):
+    what no schema can say is 422, while malformed input is Litestar's 400."""
+    return ClientException(detail=detail, status_code=422)
 
 
 @get("/status", sync_to_thread=True, responses=_PROBLEM)
@@ -190,7 +194,7 @@ def get_calls(
 def get_events(
     context: WebContext,
     event_type: Annotated[
-        list[str] | None, Parameter(query="type", description="event types (repeat for several)")
+        list[EventType] | None, Parameter(query="type", description="event types (repeat for several)")
     ] = None,
     since: Annotated[datetime | None, Parameter(description="detected at or after (ISO 8601, UTC by default)")] = None,
     source: Annotated[str | None, Parameter(max_length=200)] = None,
@@ -200,9 +204,6 @@ def get_events(
     offset: Offset = 0,
 ) -> EventsPage:
     """Recorded events, newest first; the items are webhook bodies with their source."""
-    unknown = [t for t in event_type or () if t not in EVENT_TYPES]
-    if unknown:
-        raise _bad(f"unknown event type {unknown[0]!r}; types: {', '.join(EVENT_TYPES)}")
     found = context.store.events(
         since=_timestamp(since) if since is not None else None,
         types=event_type or (),
@@ -275,19 +276,25 @@ def check_matchers(
         return MatcherCheck(False, list(matcher), str(exc))
 
 
-@post("/silences", sync_to_thread=True, guards=[require_token], status_code=201, responses=_CHANGE)
+@post(
+    "/silences",
+    sync_to_thread=True,
+    guards=[require_token],
+    status_code=201,
+    responses={**_CHANGE, 422: ResponseSpec(Problem, description="not a silence: the reason is in detail")},
+)
 def create_silence(context: WebContext, data: NewSilence) -> SilenceView:
     """Make a silence, shared by every daemon on the store, effective at the next delivery it covers."""
     now = context.clock()
     starts = _timestamp(data.starts_at) if data.starts_at is not None else now
     if (data.duration is None) == (data.ends_at is None):
-        raise _bad('give duration (e.g. "2h") or ends_at, not both')
+        raise _unprocessable('give duration (e.g. "2h") or ends_at, not both')
     try:
         ends = starts + parse_duration(data.duration) if data.duration is not None else _timestamp(data.ends_at)  # type: ignore[arg-type]
         author = data.author.strip() or "api"
         silence = new_silence(f"sil_{secrets.token_hex(6)}", data.matchers, starts, ends, data.comment, author, now)
     except (ValueError, OverflowError) as exc:
-        raise _bad(str(exc)) from None
+        raise _unprocessable(str(exc)) from None
     context.store.add_silence(silence, [str(m) for m in silence.matchers])
     return silence_view(silence, now)
 
