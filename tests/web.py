@@ -67,6 +67,7 @@ def web_daemon(
     target_extra: str = "",
     storage: str = 'url = "sqlite:///notifier.db"',
     name: str = "notifier.toml",
+    extra: str = "",
 ) -> Iterator[Web]:
     """A daemon announcing ``events`` to ``receiver``, its token read as a systemd
     credential, as README tells operators to set it."""
@@ -82,7 +83,7 @@ def web_daemon(
         sim,
         f'[detect]\nannounce_existing = true\n[http]\nlisten = "127.0.0.1:{port}"\n{token_line}'
         f'[targets.crm]\nurl = "{receiver.url}"\nmin_interval = "0s"\n{target_extra}'
-        f'[[rules]]\nname = "announce"\nevents = [{events}]\ntargets = ["crm"]\n',
+        f'[[rules]]\nname = "announce"\nevents = [{events}]\ntargets = ["crm"]\n{extra}',
         storage=storage,
         name=name,
     )

@@ -45,14 +45,17 @@
     return answer;
   }
 
-  // Swap each live section for its fresh copy; one that holds the focus is left alone.
-  async function refresh() {
+  // Swap each live section for its fresh copy. On the timer, one that holds the focus is
+  // left alone (a keyboard user keeps their place); after an action, every one is swapped.
+  async function refresh(all = false) {
     const response = await fetch(location.href, { headers: { accept: "text/html" } });
     if (!response.ok) return;
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
     for (const section of document.querySelectorAll("[data-live]")) {
       const next = fresh.getElementById(section.id);
-      if (next && !section.contains(document.activeElement)) section.replaceWith(document.importNode(next, true));
+      if (next && (all || !section.contains(document.activeElement))) {
+        section.replaceWith(document.importNode(next, true));
+      }
     }
     const role = fresh.getElementById("role");
     if (role) $("#role").replaceWith(document.importNode(role, true));
@@ -115,7 +118,7 @@
       });
       flash(`silence ${made.id} made: ${made.matchers.join(" and ")} until ${made.ends_at}`);
       form.reset();
-      await refresh();
+      await refresh(true);
     } catch (error) {
       flash(`no silence made: ${error.message}`);
     }
@@ -141,7 +144,7 @@
       } else {
         return;
       }
-      await refresh();
+      await refresh(true);
     } catch (error) {
       flash(`${button.dataset.act} ${id}: ${error.message}`);
     }
