@@ -8,6 +8,7 @@ minutes), and every event printed to the terminal through the ``console://`` tar
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 from collections import Counter
@@ -47,6 +48,9 @@ for = "3s"
 group_by = ["pathway_id"]
 inhibits = ["call.stuck_queued"]
 
+[http]
+listen = "{listen}"
+
 [targets.console]
 url = "console://"
 min_interval = "0s"
@@ -66,7 +70,8 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bland-notifier-demo-") as workdir, BlandSimulator(seed=seed) as sim:
         sim.drive(model)
         path = Path(workdir) / "notifier.toml"
-        path.write_text(DEMO_CONFIG.format(base_url=sim.base_url, org_id=sim.org_id))
+        listen = _free_listen()
+        path.write_text(DEMO_CONFIG.format(base_url=sim.base_url, org_id=sim.org_id, listen=listen))
         env = {**os.environ, "DEMO_API_KEY": sim.api_key, "STATE_DIRECTORY": workdir}
         config = load_config(path, env)
         print(
@@ -74,6 +79,7 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
             "Calls queue, start, get stuck (queued > 6s) and end; after 5s a backlog of 10 calls on one\n"
             "pathway fires a campaign-health condition (which holds back that pathway's stuck-call\n"
             "messages) until it drains. Every event prints below.\n"
+            f"The console is at http://{listen}/ (read-only here: the demo sets no [http] token).\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
@@ -92,6 +98,18 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
             anyio.run(main, stop_requested)
             _summary(config.storage.url, env)
     return 0
+
+
+def _free_listen(preferred: int = 8464) -> str:
+    """127.0.0.1:8464, or any free port when that one is taken (a second demo)."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return f"127.0.0.1:{probe.getsockname()[1]}"
+    raise OSError("no free port on 127.0.0.1")
 
 
 #: The words the cards use, in the order a call lives them.

@@ -215,6 +215,7 @@ EXAMPLE_CREDENTIALS = {
     "crm_webhook_secret": WHSEC,
     "pagerduty_integration_key": "integration0123456789abcdef0123456",
     "pagerduty_api_key": "apikey0123456789",
+    "http_token": "console-0123456789abcdef0123456789",
 }
 
 

@@ -52,7 +52,7 @@ def test_the_example_header_command_works_as_written_and_strict_needs_the_creden
     env.pop("CREDENTIALS_DIRECTORY", None)
     result = run_cli(["check", "rules.example.toml"], env, ROOT)
     assert result.returncode == 0, result.stderr
-    assert "rules.example.toml: valid, except what 7 unread credential(s) hold" in result.stdout
+    assert "rules.example.toml: valid, except what 8 unread credential(s) hold" in result.stdout
     assert "credentials not read: $CREDENTIALS_DIRECTORY is not set" in result.stderr
     assert "slack_tokens (targets.ops-slack.url)" in result.stderr
     assert "unchecked-credential" not in result.stdout  # the placeholder is masked like a value
