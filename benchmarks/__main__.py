@@ -231,6 +231,38 @@ def bench_conditions(size: int, polls: int) -> dict[str, Any]:
     return {"size": size, "loads": summary(loads), "ratios": found}
 
 
+def bench_console(size: int, refreshes: int) -> dict[str, Any]:
+    """A console refresh (the whole page) and an API page of calls at ``size`` active
+    calls, through the app in process: wall ms, and process CPU against ``json.loads``
+    of the same Bland body (the page does not grow with the calls: it is paged)."""
+    from litestar.testing import TestClient
+
+    from notifier.listener import Standing
+    from notifier.web import make_app
+    from notifier.web.api import WebContext
+
+    body = Campaign(size).body()
+    loads = [cpu(lambda: json.loads(body)) for _ in range(refreshes)]
+    found: dict[str, Any] = {"size": size}
+    with tempfile.TemporaryDirectory() as directory:
+        pipeline = Pipeline(directory)
+        pipeline.commit(pipeline.decoder.decode(body))  # the first poll stores every call
+        assert pipeline.store.active_calls(limit=1)[0] == size
+        app = make_app(WebContext(pipeline.store, lambda: Standing("leader"), time.time))
+        with TestClient(app) as client:
+            for label, path in (("page", "/"), ("calls", "/api/v1/calls?status=QUEUED&limit=100")):
+                assert client.get(path).status_code == 200  # warm
+                walls, cpus = [], []
+                for _ in range(refreshes):
+                    start_wall, start_cpu = time.perf_counter(), time.process_time()
+                    assert client.get(path).status_code == 200
+                    walls.append(time.perf_counter() - start_wall)
+                    cpus.append(time.process_time() - start_cpu)
+                found[label] = {"wall": summary(walls), "ratio": statistics.fmean(cpus) / statistics.fmean(loads)}
+        pipeline.store.close()
+    return found
+
+
 def store_history(path: Path, count: int) -> None:
     """``count`` older events, as a daemon that has run for a while keeps them (for the
     retention period, 30 days by default), each for a different call."""
@@ -551,6 +583,19 @@ def report(results: dict[str, Any]) -> str:
         "|---|---|",
         *(f"| {label} | {ratio:.3f}x |" for label, ratio in c["ratios"].items()),
     ]
+    lines += [
+        "",
+        "## The console and the API (in process, paged; wall ms median / p95; CPU / json.loads of the Bland body)",
+        "",
+        "| active calls | console page refresh | / json.loads | API page of 100 queued calls | / json.loads |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['size']:,} | {ms(r['page']['wall']['median'])} / {ms(r['page']['wall']['p95'])} | "
+            f"{r['page']['ratio']:.2f}x | {ms(r['calls']['wall']['median'])} / {ms(r['calls']['wall']['p95'])} | "
+            f"{r['calls']['ratio']:.2f}x |"
+            for r in results["console"]
+        ),
+    ]
     if "daemon" in results:
         d, idle, dl, lat = results["daemon"], results["idle"], results["delivery"], results["latency"]
         rss = results.get("rss")
@@ -683,6 +728,8 @@ def main() -> None:
     results["http"] = [bench_http(1000 if args.quick else 10_000, 3 if args.quick else 15)]
     print("conditions over the snapshot...", file=sys.stderr, flush=True)
     results["conditions"] = bench_conditions(1000 if args.quick else 10_000, 5 if args.quick else 20)
+    print("console refreshes...", file=sys.stderr, flush=True)
+    results["console"] = [bench_console(n, 5) for n in ((1000,) if args.quick else (10_000, 100_000))]
     if not args.quick:
         print("daemon CPU per poll...", file=sys.stderr, flush=True)
         runs = sorted((bench_daemon_cpu(10_000, 25) for _ in range(3)), key=lambda run: run["ratio"])

@@ -62,6 +62,7 @@ calls = Table(
     Column("queued_at", Float),  # detect.queued_since: the console lists the oldest first
     PrimaryKeyConstraint("source", "call_id", name="pk_calls"),
     Index("ix_calls_oldest", "status", "queued_at", "call_id"),
+    Index("ix_calls_status", "source", "status"),  # counts by status read this index alone
 )
 events = Table(
     "events",
