@@ -33,7 +33,7 @@ DEFAULT_TITLES = {
     "source.recovered": "Bland API reachable again after {{ event.downtime_seconds | duration }}",
     "condition.firing": "{{ event.condition }}: "
     + "{% include 'measure' %}"
-    + " for {{ event.for_seconds | duration }}"
+    + "{% if event.for_seconds %} for {{ event.for_seconds | duration }}{% endif %}"
     " (threshold {{ event.threshold | number }})",
     "condition.resolved": "{{ event.condition }} resolved: " + "{% include 'measure' %}" + " now",
     "notifier.test": "bland-notifier test notification",
@@ -75,7 +75,8 @@ _MEASURE = (
     "{% if event.metric == 'oldest_queued_seconds' %}oldest queued {{ event.value | duration }}"
     "{% elif event.metric.endswith('_per_minute') %}{{ event.value | number }} "
     "{{ event.metric | replace('_per_minute', '') | replace('_', ' ') }} a minute"
-    "{% else %}{{ event.value | number }} calls {{ event.metric | replace('_', ' ') }}{% endif %}"
+    "{% else %}{{ event.value | number }} call{{ '' if event.value == 1 else 's' }} "
+    "{{ event.metric | replace('_', ' ') }}{% endif %}"
     "{% for key, value in event.group.items() %} on {{ key }} {{ value or '(none)' }}{% endfor %}"
 )
 

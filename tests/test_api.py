@@ -16,12 +16,15 @@ from tests.conftest import cli_env, from_store, wait_for
 from tests.receivers import Receiver
 from tests.web import TOKEN, Web, web_daemon
 
-CAMPAIGN = [
-    wire_call("q-old", created_ms=int((time.time() - 300) * 1000), to="+13105550101", pathway_id="pw-7"),
-    wire_call("q-new", created_ms=int((time.time() - 30) * 1000), to="+13105550102", pathway_id="pw-7"),
-    wire_call("q-mid", created_ms=int((time.time() - 120) * 1000), to="+13105550103", pathway_id="pw-9"),
-    wire_call("p-1", "IN_PROGRESS", created_ms=int((time.time() - 200) * 1000), to="+13105550104"),
-]
+
+def campaign() -> list[dict[str, str]]:
+    """Made when a test starts: the queue times count from then."""
+    return [
+        wire_call("q-old", created_ms=int((time.time() - 300) * 1000), to="+13105550101", pathway_id="pw-7"),
+        wire_call("q-new", created_ms=int((time.time() - 30) * 1000), to="+13105550102", pathway_id="pw-7"),
+        wire_call("q-mid", created_ms=int((time.time() - 120) * 1000), to="+13105550103", pathway_id="pw-9"),
+        wire_call("p-1", "IN_PROGRESS", created_ms=int((time.time() - 200) * 1000), to="+13105550104"),
+    ]
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def receiver() -> Receiver:
 
 @pytest.fixture
 def web(tmp_path: Path, sim: BlandSimulator, receiver: Receiver) -> Web:
-    sim.set_calls(CAMPAIGN)
+    sim.set_calls(campaign())
     with web_daemon(tmp_path, sim, receiver) as running:
         wait_for(lambda: len(receiver.received) >= 4)
         yield running
@@ -82,7 +85,7 @@ def test_a_silence_needs_the_token_and_acts_on_the_next_delivery(
     assert status == 201 and made["state"] == "active" and made["author"] == "api"
     assert [s["id"] for s in web.get("/api/v1/silences")] == [made["id"]]
 
-    sim.set_calls([*CAMPAIGN, wire_call("c-quiet"), wire_call("c-loud")])
+    sim.set_calls([*campaign(), wire_call("c-quiet"), wire_call("c-loud")])
     wait_for(lambda: any(r.json["data"]["call"]["call_id"] == "c-loud" for r in receiver.received))
     wait_for(lambda: any(d.status == "silenced" for d in from_store(web.daemon.directory, lambda s: s.deliveries())))
     assert not any(r.json["data"]["call"]["call_id"] == "c-quiet" for r in receiver.received)
@@ -216,7 +219,7 @@ def test_security_headers_and_no_cors(web: Web) -> None:
 
 
 def test_a_standby_serves_the_api_read_only(tmp_path: Path, sim: BlandSimulator, receiver: Receiver) -> None:
-    sim.set_calls(CAMPAIGN)
+    sim.set_calls(campaign())
     with web_daemon(tmp_path, sim, receiver) as leader:
         wait_for(lambda: leader.get("/api/v1/calls")["total"] == 4)
         with web_daemon(tmp_path, sim, receiver, name="standby.toml") as standby:

@@ -176,3 +176,20 @@ def test_console_target_prints(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert outcome.ok
     out = capsys.readouterr().out
     assert "Call to +13105550123 stuck in queue for 4m 12s" in out and "Objective: hi" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "for_seconds", "title"),
+    [
+        (412, 360, "queue backlog: 412 calls queued on pathway_id pw-7 for 6m (threshold 200)"),
+        (1, 360, "queue backlog: 1 call queued on pathway_id pw-7 for 6m (threshold 200)"),
+        (412, 0, "queue backlog: 412 calls queued on pathway_id pw-7 (threshold 200)"),  # `for` off: no "for 0s"
+    ],
+)
+def test_a_condition_title_reads_as_people_write(value: int, for_seconds: int, title: str) -> None:
+    from notifier.templates import sample_event
+
+    sample = sample_event("condition.firing")
+    data = {**sample.data, "value": value, "for_seconds": for_seconds, "threshold": 200}
+    data.update(condition="queue backlog", metric="queued", group={"pathway_id": "pw-7"})
+    assert render(None, Event(sample.id, sample.type, sample.detected_at, data))[0] == title

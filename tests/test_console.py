@@ -28,12 +28,16 @@ FLAGS = [
 ]
 XSS = "<img src=x onerror=alert(1)>"
 ago = lambda seconds: int((time.time() - seconds) * 1000)  # noqa: E731
-CAMPAIGN = [
-    wire_call("q-old", created_ms=ago(540), to="+13105550101", pathway_id="pw-7", objective="Book the follow-up"),
-    wire_call("q-mid", created_ms=ago(200), to="+13105550102", pathway_id="pw-7", objective=XSS),
-    wire_call("q-new", created_ms=ago(20), to="+13105550103", pathway_id="pw-9"),
-    wire_call("p-1", "IN_PROGRESS", created_ms=ago(100), to="+13105550104", pathway_id="pw-9"),
-]
+
+
+def campaign() -> list[dict[str, str]]:
+    """Made when a test starts: the queue times count from then."""
+    return [
+        wire_call("q-old", created_ms=ago(540), to="+13105550101", pathway_id="pw-7", objective="Book the follow-up"),
+        wire_call("q-mid", created_ms=ago(200), to="+13105550102", pathway_id="pw-7", objective=XSS),
+        wire_call("q-new", created_ms=ago(20), to="+13105550103", pathway_id="pw-9"),
+        wire_call("p-1", "IN_PROGRESS", created_ms=ago(100), to="+13105550104", pathway_id="pw-9"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def set_token(page: Page) -> None:
 def test_the_console_lists_the_calls_oldest_queued_first(
     tmp_path: Path, sim: BlandSimulator, receiver: Receiver, page: Page
 ) -> None:
-    sim.set_calls(CAMPAIGN)
+    sim.set_calls(campaign())
     with web_daemon(tmp_path, sim, receiver) as web:
         wait_for(lambda: web.get("/api/v1/calls")["total"] == 4)
         page.goto(web.url + "/")
@@ -93,7 +97,7 @@ def test_the_console_lists_the_calls_oldest_queued_first(
         expect(page.locator("#calls tbody tr")).to_have_count(4)
         expect(page.locator("#sources")).to_contain_text("reachable")
 
-        sim.set_calls([*CAMPAIGN, wire_call("q-late", created_ms=ago(1))])  # the page refreshes itself
+        sim.set_calls([*campaign(), wire_call("q-late", created_ms=ago(1))])  # the page refreshes itself
         expect(page.locator("#calls tbody tr")).to_have_count(5, timeout=15_000)
         expect(page.locator("#events")).to_contain_text("q-late", timeout=15_000)
 
@@ -102,7 +106,7 @@ def test_a_value_from_bland_is_shown_as_text_and_runs_nothing(
     tmp_path: Path, sim: BlandSimulator, receiver: Receiver, page: Page
 ) -> None:
     hostile = wire_call(f'"><script>alert(2)</script>{XSS}', created_ms=ago(30), pathway_id=XSS, objective=XSS)
-    sim.set_calls([*CAMPAIGN, hostile])
+    sim.set_calls([*campaign(), hostile])
     with web_daemon(tmp_path, sim, receiver) as web:
         wait_for(lambda: web.get("/api/v1/calls")["total"] == 5)
         page.goto(web.url + "/?calls_status=all")
@@ -120,7 +124,7 @@ def test_a_value_from_bland_is_shown_as_text_and_runs_nothing(
 def test_a_silence_made_in_the_form_stops_the_next_matching_delivery(
     tmp_path: Path, sim: BlandSimulator, receiver: Receiver, page: Page
 ) -> None:
-    sim.set_calls(CAMPAIGN)
+    sim.set_calls(campaign())
     with web_daemon(tmp_path, sim, receiver) as web:
         wait_for(lambda: len(receiver.received) == 4)
         page.goto(web.url + "/")
@@ -143,7 +147,7 @@ def test_a_silence_made_in_the_form_stops_the_next_matching_delivery(
         expect(page.locator("#silences tbody tr")).to_have_count(1)
         expect(page.locator("#silences")).to_contain_text("the line is being moved")
 
-        sim.set_calls([*CAMPAIGN, wire_call("c-quiet"), wire_call("c-loud")])
+        sim.set_calls([*campaign(), wire_call("c-quiet"), wire_call("c-loud")])
         wait_for(lambda: any(r.json["data"]["call"]["call_id"] == "c-loud" for r in receiver.received))
         wait_for(lambda: web.get("/api/v1/deliveries?status=silenced")["items"])
         assert not any(r.json["data"]["call"]["call_id"] == "c-quiet" for r in receiver.received)
@@ -197,7 +201,7 @@ def test_without_a_token_the_buttons_say_why_they_cannot_act(
 def test_a_standby_says_so_and_is_read_only(
     tmp_path: Path, sim: BlandSimulator, receiver: Receiver, page: Page
 ) -> None:
-    sim.set_calls(CAMPAIGN)
+    sim.set_calls(campaign())
     with web_daemon(tmp_path, sim, receiver) as leader:
         wait_for(lambda: leader.get("/api/v1/calls")["total"] == 4)
         with web_daemon(tmp_path, sim, receiver, name="standby.toml") as standby:
@@ -211,7 +215,7 @@ def test_a_standby_says_so_and_is_read_only(
 def test_readable_on_a_phone_and_dark_aware(
     tmp_path: Path, sim: BlandSimulator, receiver: Receiver, page: Page
 ) -> None:
-    sim.set_calls(CAMPAIGN)
+    sim.set_calls(campaign())
     with web_daemon(tmp_path, sim, receiver) as web:
         wait_for(lambda: web.get("/api/v1/calls")["total"] == 4)
         page.set_viewport_size({"width": 390, "height": 844})

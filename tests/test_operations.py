@@ -667,3 +667,53 @@ def in_private_etc(
         text=True,
         timeout=60,
     )
+
+
+def test_the_watchdog_stops_feeding_while_a_poll_is_hung_past_its_limit(tmp_path: Path) -> None:
+    """README: "a hung daemon is restarted". Keep-alives go on while a poll is busy within
+    the longest a working poll can take, stop once it is past that (systemd then kills and
+    restarts the daemon), and resume if the poll comes back. A real hang past every
+    timeout cannot be made to order, so the source loop's busy mark is set by hand."""
+    import anyio
+
+    from notifier.config import load_config
+    from notifier.daemon import Daemon, _SourceLoop, _stall_limit
+    from notifier.sdnotify import Notifier
+
+    config = load_config(write_config(tmp_path, None), cli_env(None, tmp_path))
+    address = f"@bland-notifier-watchdog-{os.getpid()}-{time.monotonic_ns()}"
+    systemd = NotifySocket(address)
+    systemd.sock.setblocking(False)
+    daemon = Daemon(config, cli_env(None, tmp_path), notifier=Notifier(address))
+    limit = _stall_limit(config.source)
+    assert limit == (2 * 2.0 + 1.0) + 5.0 + 30 + 30.0  # the request's backstop, details, the lock, a margin
+
+    def pings() -> int:
+        count = 0
+        while True:
+            try:
+                count += systemd.sock.recv(4096) == b"WATCHDOG=1"
+            except BlockingIOError:
+                return count
+
+    async def phases() -> list[int]:
+        loop = _SourceLoop(poller=None)  # type: ignore[arg-type]  # the watchdog reads busy_since only
+        daemon._loops["default"] = loop
+        seen = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon._watchdog, 0.05)
+            for busy_for in (None, limit - 5.0, limit + 1.0, None):  # idle, busy, hung, back
+                loop.busy_since = None if busy_for is None else time.monotonic() - busy_for
+                pings()
+                await anyio.sleep(0.5)
+                seen.append(pings())
+            tg.cancel_scope.cancel()
+        return seen
+
+    try:
+        idle, busy, hung, back = anyio.run(phases)
+    finally:
+        systemd.close()
+        daemon.store.close()
+    assert idle >= 3 and busy >= 3 and back >= 3
+    assert hung == 0
