@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.exceptions import (
     ClientException,
     NotAuthorizedException,
@@ -26,7 +27,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
 from notifier.durations import parse_duration
 from notifier.listener import Standing
@@ -124,8 +125,8 @@ class MatcherCheck(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
-Limit = Annotated[int, Parameter(ge=1, le=PAGE_MAX, description="items per page")]
-Offset = Annotated[int, Parameter(ge=0, le=10**9, description="items to skip")]
+Limit = Annotated[int, QueryParameter(ge=1, le=PAGE_MAX, description="items per page")]
+Offset = Annotated[int, QueryParameter(ge=0, le=10**9, description="items to skip")]
 _PROBLEM = {
     400: ResponseSpec(Problem, description="malformed input: the reason is in detail and extra"),
     503: ResponseSpec(Problem, description="the store cannot answer now: the reason is in detail"),
@@ -169,7 +170,7 @@ def _unprocessable(detail: str) -> ClientException:
 
 
 @get("/status", sync_to_thread=True, responses=_PROBLEM)
-def get_status(context: WebContext) -> DaemonStatus:
+def get_status(context: NamedDependency[WebContext]) -> DaemonStatus:
     """Who leads, each source's health and active calls by status, firing conditions, the queue."""
     report = status_report(context.store, context.clock())
     reason = context.read_only_reason()
@@ -178,9 +179,9 @@ def get_status(context: WebContext) -> DaemonStatus:
 
 @get("/calls", sync_to_thread=True, responses=_PROBLEM)
 def get_calls(
-    context: WebContext,
-    status: Annotated[str | None, Parameter(max_length=64, description="QUEUED, IN_PROGRESS, ...")] = None,
-    source: Annotated[str | None, Parameter(max_length=200)] = None,
+    context: NamedDependency[WebContext],
+    status: Annotated[str | None, QueryParameter(max_length=64, description="QUEUED, IN_PROGRESS, ...")] = None,
+    source: Annotated[str | None, QueryParameter(max_length=200)] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> CallsPage:
@@ -192,14 +193,16 @@ def get_calls(
 
 @get("/events", sync_to_thread=True, responses=_PROBLEM)
 def get_events(
-    context: WebContext,
+    context: NamedDependency[WebContext],
     event_type: Annotated[
-        list[EventType] | None, Parameter(query="type", description="event types (repeat for several)")
+        list[EventType] | None, QueryParameter(name="type", description="event types (repeat for several)")
     ] = None,
-    since: Annotated[datetime | None, Parameter(description="detected at or after (ISO 8601, UTC by default)")] = None,
-    source: Annotated[str | None, Parameter(max_length=200)] = None,
-    call_id: Annotated[str | None, Parameter(max_length=200)] = None,
-    q: Annotated[str | None, Parameter(max_length=200, description="text anywhere in the event, any case")] = None,
+    since: Annotated[
+        datetime | None, QueryParameter(description="detected at or after (ISO 8601, UTC by default)")
+    ] = None,
+    source: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    call_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    q: Annotated[str | None, QueryParameter(max_length=200, description="text anywhere in the event, any case")] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> EventsPage:
@@ -219,8 +222,8 @@ def get_events(
 
 @get("/deliveries", sync_to_thread=True, responses=_PROBLEM)
 def get_deliveries(
-    context: WebContext,
-    status: Literal["pending", "sent", "dead", "silenced", "muted", "inhibited"] | None = None,
+    context: NamedDependency[WebContext],
+    status: FromQuery[Literal["pending", "sent", "dead", "silenced", "muted", "inhibited"] | None] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> DeliveriesPage:
@@ -242,7 +245,8 @@ def get_deliveries(
     },
 )
 def redeliver(
-    context: WebContext, delivery_id: Annotated[int, Parameter(ge=1, le=2**62, description="a delivery id")]
+    context: NamedDependency[WebContext],
+    delivery_id: Annotated[int, PathParameter(ge=1, le=2**62, description="a delivery id")],
 ) -> DeliveryView:
     """Queue a dead delivery again, from a fresh start (its backoff and give-up count anew)."""
     if not context.store.redeliver(context.clock(), delivery_id=delivery_id):
@@ -257,8 +261,8 @@ def redeliver(
 
 @get("/silences", sync_to_thread=True, responses=_PROBLEM)
 def get_silences(
-    context: WebContext,
-    all_: Annotated[bool, Parameter(query="all", description="expired ones too")] = False,
+    context: NamedDependency[WebContext],
+    all_: Annotated[bool, QueryParameter(name="all", description="expired ones too")] = False,
 ) -> list[SilenceView]:
     """Active and pending silences, oldest first (``all=true``: expired ones too)."""
     now = context.clock()
@@ -267,7 +271,7 @@ def get_silences(
 
 @get("/matchers", sync_to_thread=True, responses=_PROBLEM)
 def check_matchers(
-    matcher: Annotated[list[Annotated[str, Parameter(max_length=1000)]], Parameter(description="one or more")],
+    matcher: Annotated[list[Annotated[str, msgspec.Meta(max_length=1000)]], QueryParameter(description="one or more")],
 ) -> MatcherCheck:
     """Whether these matchers would make a silence, with the same parser ``silence add`` uses."""
     try:
@@ -283,7 +287,7 @@ def check_matchers(
     status_code=201,
     responses={**_CHANGE, 422: ResponseSpec(Problem, description="not a silence: the reason is in detail")},
 )
-def create_silence(context: WebContext, data: NewSilence) -> SilenceView:
+def create_silence(context: NamedDependency[WebContext], data: JSONBody[NewSilence]) -> SilenceView:
     """Make a silence, shared by every daemon on the store, effective at the next delivery it covers."""
     now = context.clock()
     starts = _timestamp(data.starts_at) if data.starts_at is not None else now
@@ -305,7 +309,9 @@ def create_silence(context: WebContext, data: NewSilence) -> SilenceView:
     guards=[require_token],
     responses={**_CHANGE, 404: ResponseSpec(Problem, description="no active or pending silence with this id")},
 )
-def expire_silence(context: WebContext, silence_id: Annotated[str, Parameter(max_length=200)]) -> None:
+def expire_silence(
+    context: NamedDependency[WebContext], silence_id: Annotated[str, PathParameter(max_length=200)]
+) -> None:
     """End a silence now (it is kept, as expired, for ``retention``)."""
     if not context.store.expire_silence(silence_id, context.clock()):
         raise NotFoundException(detail=f"no active or pending silence {silence_id!r}")

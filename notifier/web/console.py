@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import jinja2
 from litestar import Response, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 
 from notifier.durations import format_duration
 from notifier.model import EVENT_TYPES, QUEUED, Event
@@ -67,14 +68,14 @@ def summary(event: Event) -> str:
 
 @get("/", sync_to_thread=True, include_in_schema=False)
 def console(
-    context: WebContext,
-    calls_status: Annotated[str | None, Parameter(max_length=64)] = None,
-    calls_offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
-    event_type: Annotated[str | None, Parameter(query="type", max_length=64)] = None,
-    q: Annotated[str | None, Parameter(max_length=200)] = None,
-    events_offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
-    delivery_status: Annotated[str | None, Parameter(max_length=32)] = None,
-    deliveries_offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
+    context: NamedDependency[WebContext],
+    calls_status: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    calls_offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+    event_type: Annotated[str | None, QueryParameter(name="type", max_length=64)] = None,
+    q: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    events_offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+    delivery_status: Annotated[str | None, QueryParameter(max_length=32)] = None,
+    deliveries_offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
 ) -> Response[str]:
     store, now = context.store, context.clock()
     status = get_status.fn(context)
