@@ -195,3 +195,31 @@ def test_polls_with_events_are_fsynced_and_quiet_ones_are_not(tmp_path: Path) ->
     with store.engine.connect() as conn:  # and the quiet poll was still recorded
         assert conn.exec_driver_sql("SELECT count(*) FROM polls").scalar() == 2
     store.close()
+
+
+def test_active_calls_are_paged_the_longest_queued_first_across_sources(store_url: str) -> None:
+    store = Store(store_url)
+    store.upgrade()
+    try:
+        waits = {"a": [500, 300, 100], "b": [400, 200]}  # seconds queued at T0
+        for name, ages in waits.items():
+            queued = [call(f"{name}{i}", created=T0 - age) for i, age in enumerate(ages)]
+            t = detect(
+                DetectState(instance=name, name=name),
+                snap(*queued, call(f"{name}-p", "IN_PROGRESS")),
+                T0,
+                DetectSettings(),
+            )
+            store.commit_poll(t, [], PollRecord(T0, 0.0, True))
+        total, page = store.active_calls(status="QUEUED")
+        assert total == 5
+        assert [cs.call.call_id for _, cs in page] == ["a0", "b0", "a1", "b1", "a2"]
+        assert [name for name, _ in page] == ["a", "b", "a", "b", "a"]
+        total, page = store.active_calls(status="QUEUED", limit=2, offset=2)
+        assert total == 5 and [cs.call.call_id for _, cs in page] == ["a1", "b1"]
+        total, page = store.active_calls(source="b")
+        assert total == 3 and {cs.call.call_id for _, cs in page} == {"b0", "b1", "b-p"}
+        assert store.active_calls(status="QUEUED", offset=5) == (5, [])
+        assert store.active_calls(source="nowhere") == (0, [])
+    finally:
+        store.close()

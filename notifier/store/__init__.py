@@ -13,6 +13,8 @@ and ``postgres.py``.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -437,34 +439,46 @@ class Store:
         self, *, source: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> tuple[int, list[tuple[str, CallState]]]:
         """(how many calls match, one page of them as (source, state)), the longest
-        queued first: read from the ``ix_calls_oldest`` index, whatever the number of calls."""
-        where = []
-        if source is not None:
-            where.append(calls.c.source == source)
-        if status is not None:
-            where.append(calls.c.status == status)
-        page = (
-            select(calls.c.source, calls.c.state)
-            .where(*where)
-            .order_by(calls.c.queued_at, calls.c.call_id)
-            .limit(limit)
-            .offset(offset)
-        )
+        queued first. Each (source, status) is read in order from ``ix_calls_oldest``
+        and the few lists are merged, so a page costs the same at any number of calls."""
+        groups = [
+            (name, call_status, count)
+            for name, counts in self._status_counts().items()
+            if source is None or name == source
+            for call_status, count in counts.items()
+            if status is None or call_status == status
+        ]
+        wanted = offset + limit
+        runs = []
         with self.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(calls).where(*where)).scalar_one()
-            rows = conn.execute(page).all()
-        return int(total), [(r.source, _call_state_decoder.decode(r.state)) for r in rows]
+            for name, call_status, _ in groups:
+                query = (
+                    select(calls.c.queued_at, calls.c.call_id, calls.c.source, calls.c.state)
+                    .where(calls.c.source == name, calls.c.status == call_status)
+                    .order_by(calls.c.queued_at, calls.c.call_id)
+                    .limit(wanted)
+                )
+                runs.append(conn.execute(query).all())
+        merged = heapq.merge(*runs, key=lambda row: (row.queued_at if row.queued_at is not None else 0.0, row.call_id))
+        page = list(itertools.islice(merged, offset, wanted))
+        return sum(count for *_, count in groups), [(r.source, _call_state_decoder.decode(r.state)) for r in page]
+
+    def _status_counts(self) -> dict[str, dict[str, int]]:
+        """Active calls by source and status (a scan of ``ix_calls_oldest`` alone)."""
+        with self.engine.connect() as conn:
+            counts = conn.execute(
+                select(calls.c.source, calls.c.status, func.count()).group_by(calls.c.source, calls.c.status)
+            ).all()
+        by_source: dict[str, dict[str, int]] = {}
+        for name, call_status, count in counts:
+            by_source.setdefault(name, {})[call_status] = int(count)
+        return by_source
 
     def sources(self) -> list[SourceRow]:
         """Every source's committed health and its active calls by status."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(sources.c.name, sources.c.state).order_by(sources.c.name)).all()
-            counts = conn.execute(
-                select(calls.c.source, calls.c.status, func.count()).group_by(calls.c.source, calls.c.status)
-            ).all()
-        by_source: dict[str, dict[str, int]] = {}
-        for source, status, count in counts:
-            by_source.setdefault(source, {})[status] = int(count)
+        by_source = self._status_counts()
         return [SourceRow(r.name, _source_decoder.decode(r.state), by_source.get(r.name, {})) for r in rows]
 
     # -- the outbox ---------------------------------------------------------------------

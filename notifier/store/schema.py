@@ -61,8 +61,7 @@ calls = Table(
     Column("state", LargeBinary, nullable=False),  # msgpack-encoded CallState
     Column("queued_at", Float),  # detect.queued_since: the console lists the oldest first
     PrimaryKeyConstraint("source", "call_id", name="pk_calls"),
-    Index("ix_calls_oldest", "status", "queued_at", "call_id"),
-    Index("ix_calls_status", "source", "status"),  # counts by status read this index alone
+    Index("ix_calls_oldest", "source", "status", "queued_at"),  # also the counts by status
 )
 events = Table(
     "events",
