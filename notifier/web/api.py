@@ -147,7 +147,7 @@ def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
     """A guard on every change: the token compared in constant time, then the role."""
     context = _context(connection)
     if context.token is None:
-        raise PermissionDeniedException(detail="changes are off: no [http] token is configured")
+        raise PermissionDeniedException(detail=context.read_only_reason())
     scheme, _, given = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), context.token.encode()):
         raise NotAuthorizedException(
