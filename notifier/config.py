@@ -471,8 +471,8 @@ def _validate(schema: _File, path: Path, credentials: Credentials) -> Config:
     if schema.http is not None:
         _validate_listen(schema.http.listen, fail)
         token = schema.http.token.reveal() if schema.http.token is not None else None
-        if token is not None and token != PLACEHOLDER and (len(token) < 16 or not token.isprintable() or " " in token):
-            raise fail("http.token", "at least 16 characters, no spaces (e.g. from `openssl rand -hex 32`)")
+        if token is not None and token != PLACEHOLDER and not re.fullmatch(r"[!-~]{16,}", token):
+            raise fail("http.token", "at least 16 ASCII characters, no spaces (e.g. from `openssl rand -hex 32`)")
     if schema.heartbeat is not None:
         _validate_heartbeat_url(schema.heartbeat.url.reveal(), fail)
         for name in ("every", "timeout"):

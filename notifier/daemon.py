@@ -147,7 +147,7 @@ class Daemon:
         from notifier.web.api import WebContext
 
         token = http.token.reveal() if http.token is not None else None
-        return wsgi_app(WebContext(self.store, self.standing, self.clock, token))
+        return wsgi_app(WebContext(self.store, self.standing, self.clock, token), http.listen)
 
     def _store_ok(self) -> None:
         if self._store_error is not None:

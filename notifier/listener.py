@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,9 +82,11 @@ class ListenerError(Exception):
 
 
 #: Connections served at once; more are closed as they arrive. Scrapes and health
-#: checks are short: a handful of slots is plenty, and a flood cannot cost more threads.
-MAX_CONNECTIONS = 8
-#: A connection that sends nothing for this long is dropped (a half-sent request).
+#: checks are short, and the console takes a few slots at most (``web.WEB_CONCURRENCY``):
+#: a flood cannot cost more threads.
+MAX_CONNECTIONS = 16
+#: A connection that has not sent a whole request line and headers within this long
+#: is dropped, however slowly it trickles them (a half-sent request).
 IDLE_TIMEOUT = 5.0
 
 
@@ -121,8 +124,36 @@ class _Server(WSGIServer):
         pass  # a client that went away or timed out is not worth a traceback on stderr
 
 
+class _Deadline:
+    """The request's reader, held to one deadline for the request line and headers:
+    the socket's own timeout applies to each read, which a trickle of bytes resets."""
+
+    def __init__(self, rfile: Any, connection: socket.socket, seconds: float) -> None:
+        self._rfile, self._connection = rfile, connection
+        self._deadline = time.monotonic() + seconds
+
+    def readline(self, limit: int = -1) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's headers took too long")
+        self._connection.settimeout(remaining)
+        return self._rfile.readline(limit)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rfile, name)
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = IDLE_TIMEOUT
+
+    def handle(self) -> None:
+        self.rfile = _Deadline(self.rfile, self.connection, IDLE_TIMEOUT)  # type: ignore[assignment]
+        super().handle()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.connection.settimeout(IDLE_TIMEOUT)  # the body: each read within the idle timeout again
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -84,6 +84,8 @@ def parse_matcher(text: str) -> Matcher:
             regex = re.compile(value)
         except re.error as exc:
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        except (RecursionError, OverflowError, MemoryError):  # nested past what the compiler takes
+            raise ValueError(f"regular expression too complex: {value[:60]!r}...") from None
     return Matcher(field=name, op=op, value=value, regex=regex)
 
 

@@ -268,7 +268,7 @@ def test_the_token_as_a_credential_is_checked(tmp_path: Path, sim: BlandSimulato
     (tmp_path / "credentials" / "http_token").write_text("short\n")
     write_config(tmp_path, sim, f'[http]\nlisten = "127.0.0.1:{free_port()}"\ntoken = "${{credential:http_token}}"\n')
     result = run_cli(["check"], cli_env(sim, tmp_path, CREDENTIALS_DIRECTORY=str(tmp_path / "credentials")), tmp_path)
-    assert result.returncode == 78 and "http.token: at least 16 characters" in result.stderr
+    assert result.returncode == 78 and "http.token: at least 16 ASCII characters" in result.stderr
     assert "short" not in result.stderr.replace("shorter", "")
 
 
@@ -284,10 +284,111 @@ def test_a_store_that_cannot_answer_is_503_with_the_reason(tmp_path: Path) -> No
     try:
         app = make_app(WebContext(store, lambda: Standing("leader"), time.time, TOKEN))
         with TestClient(app) as client:
-            for path in ("/api/v1/status", "/api/v1/calls", "/api/v1/events", "/"):
+            for path in ("/api/v1/status", "/api/v1/calls", "/api/v1/events"):
                 answer = client.get(path)
                 assert answer.status_code == 503, path
                 assert "store unavailable" in answer.json()["detail"] and "no such table" in answer.json()["detail"]
                 assert answer.headers["retry-after"] == "5"
+            page = client.get("/")  # the console: a page saying so, which reloads itself
+            assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+            assert "store unavailable" in page.text and "no such table" in page.text and page.headers["refresh"] == "5"
     finally:
         store.close()
+
+
+def test_input_the_app_cannot_take_is_refused_in_json_with_the_headers(web: Web) -> None:
+    import socket
+
+    for path, code, reason in [
+        ("/api/v1/events?q=%00", 400, "NUL"),
+        ("/api/v1/calls?source=a%00b", 400, "NUL"),
+        ("/%ff", 400, "not UTF-8"),
+        ("/static/" + "a" * 5000, 414, "too long"),
+        ("/api/v1/matchers?matcher=" + "x" * 1001, 400, "length <= 1000"),
+    ]:
+        status, answer, headers = web.call("GET", path)
+        assert status == code and reason in answer["detail"] + str(answer.get("extra")), (path, status, answer)
+        assert headers["x-frame-options"] == "DENY"
+    port = int(web.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /api/v1/silences HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.0 400")
+    deep = "(" * 495 + ")" * 495  # past what Python's regex compiler takes in a thread: an answer, not a 500
+    check = web.get(f"/api/v1/matchers?matcher=call_id%3D~{deep}")
+    assert check["ok"] is False and "too complex" in check["error"]
+    body = {"matchers": [f"call_id=~{deep}"], "duration": "1h", "comment": "deep"}
+    assert web.call("POST", "/api/v1/silences", body, token=TOKEN)[0] == 422
+    body = {"matchers": ['rule = "a"'], "duration": "1h", "comment": "nul\u0000here"}
+    assert web.call("POST", "/api/v1/silences", body, token=TOKEN)[0] == 400
+    assert "web request failed" not in web.daemon.log and "Traceback" not in web.daemon.log
+
+
+def test_a_loopback_listener_answers_loopback_host_names_only(web: Web) -> None:
+    """A web page the operator visits cannot read the API through a name rebound to 127.0.0.1."""
+    status, answer, _ = web.call("GET", "/api/v1/calls", headers={"host": "attacker.example:80"})
+    assert status == 421 and "loopback names only" in answer["detail"]
+    for host in ("localhost", "LOCALHOST:9464", "127.0.0.1:1", "[::1]:9464"):
+        assert web.call("GET", "/api/v1/status", headers={"host": host})[0] == 200, host
+    assert web.call("GET", "/healthz", headers={"host": "attacker.example"})[0] == 200  # monitoring as it was
+
+
+def test_aborted_requests_leave_nothing_behind(web: Web) -> None:
+    import socket
+    import struct
+
+    port = int(web.url.rsplit(":", 1)[1])
+    for index in range(60):  # each closes (half with a reset) before the page is read
+        sock = socket.create_connection(("127.0.0.1", port))
+        if index % 2:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(b"GET /?calls_status=all HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.close()
+    wait_for(lambda: web.call("GET", "/api/v1/status")[0] == 200)
+    assert web.daemon.stop() == 0
+    assert "Task was destroyed" not in web.daemon.log and "Traceback" not in web.daemon.log
+
+
+def test_health_checks_answer_while_the_console_is_busy_or_trickled(web: Web) -> None:
+    import socket
+    import threading
+    import urllib.request
+
+    port = int(web.url.rsplit(":", 1)[1])
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                urllib.request.urlopen(web.url + "/?calls_status=all", timeout=5).read()
+            except OSError:
+                pass
+
+    # Six clients load pages nonstop, six more trickle headers: 12 of the listener's 16
+    # connections, and more than the console's 4 slots.
+    workers = [threading.Thread(target=hammer, daemon=True) for _ in range(6)]
+    trickles = []
+    for _ in range(6):  # slowloris: a header line every 2 s, never the end of the headers
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /api/v1/status HTTP/1.1\r\n")
+        trickles.append(sock)
+    for worker in workers:
+        worker.start()
+    answered = 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            for sock in trickles:
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    pass  # dropped at the headers' deadline, as it should be
+            with urllib.request.urlopen(web.url + "/healthz", timeout=3) as response:
+                answered += response.status == 200
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for sock in trickles:
+            sock.close()
+        for worker in workers:
+            worker.join(10)
+    assert answered >= 10

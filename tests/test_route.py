@@ -305,3 +305,10 @@ def test_only_quote_and_backslash_are_escapes() -> None:
     assert parse_matcher(r'to = "a\Xb"').value == r"a\Xb"
     assert parse_matcher(r'to = "a\"b"').value == 'a"b'
     assert parse_matcher(r'to = "a\\b"').value == "a\\b"
+
+
+def test_a_regex_nested_past_the_compilers_limit_is_a_clear_error() -> None:
+    deep = "(" * 5000 + ")" * 5000
+    with pytest.raises(ValueError, match=r"^regular expression too complex: '\(\(\(") as caught:
+        parse_matcher(f'call_id =~ "{deep}"')
+    assert len(str(caught.value)) < 100

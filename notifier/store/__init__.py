@@ -61,6 +61,8 @@ __all__ = [
 
 POLL_LOG_KEEP = 1000
 WRITE_CHUNK = 5000
+#: A search reads at most this many of the newest events (a scan of each one's JSON).
+SEARCH_WINDOW = 100_000
 
 _call_state_encoder = msgspec.msgpack.Encoder()
 _call_state_decoder = msgspec.msgpack.Decoder(CallState)
@@ -399,7 +401,7 @@ class Store:
     ) -> list[Event]:
         """Recorded events, oldest first (the newest ``limit`` when given, after skipping
         the newest ``offset``). ``search``: the text appears in the event's JSON (a call
-        id, a number, an objective), in any case."""
+        id, a number, an objective), in any case, among the newest ``SEARCH_WINDOW``."""
         query = select(events).order_by(events.c.seq.desc())
         if since is not None:
             query = query.where(events.c.detected_at >= since)
@@ -409,7 +411,8 @@ class Store:
             query = query.where(events.c.call_id == call_id)
         if source:
             query = query.where(events.c.source == source)
-        if search:
+        if search:  # over the newest SEARCH_WINDOW events: the cost is bounded, whatever the history
+            query = query.where(events.c.seq > select(func.max(events.c.seq)).scalar_subquery() - SEARCH_WINDOW)
             data = events.c.data
             text = type_coerce(data, Text) if self._qmark else func.convert_from(data, "UTF8", type_=Text)
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -8,15 +8,26 @@ busy daemon loop never stalls the console and the console never stalls polling.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from html import escape
+from http import HTTPStatus
 from importlib.resources import files
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+import msgspec
+from a2wsgi import ASGIMiddleware
+from a2wsgi.asgi import ASGIResponder
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -44,7 +55,12 @@ def _store_trouble(request: Request[Any, Any, Any], exc: Exception) -> Response[
     """The store cannot answer (not made yet, PostgreSQL down, locked): 503 with the reason."""
     reason = error_reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
     log.warning("web request: store unavailable", extra=kv(path=request.url.path, error=reason))
-    return Response(Problem(503, f"store unavailable: {reason}"), status_code=503, headers={"Retry-After": "5"})
+    problem, headers = Problem(503, f"store unavailable: {reason}"), {"Retry-After": "5"}
+    if not request.url.path.startswith("/api/"):  # the console: a page that says so (and reloads)
+        page = f"<!doctype html><title>bland-notifier</title><h1>bland-notifier</h1><p>{escape(problem.detail)}</p>"
+        headers["Refresh"] = "5"
+        return Response(page, status_code=503, media_type="text/html", headers=headers)  # type: ignore[return-value]
+    return Response(problem, status_code=503, headers=headers)
 
 
 def make_app(context: WebContext) -> Litestar:
@@ -62,6 +78,9 @@ def make_app(context: WebContext) -> Litestar:
             path="/api/v1",
             render_plugins=[JsonRenderPlugin()],
             description="Active calls, events, deliveries and silences of a bland-notifier store.",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="[http] token")}
+            ),
         ),
         exception_handlers={500: _failed, SQLAlchemyError: _store_trouble, StoreError: _store_trouble},
         request_max_body_size=MAX_BODY,
@@ -70,8 +89,95 @@ def make_app(context: WebContext) -> Litestar:
     )
 
 
-def wsgi_app(context: WebContext) -> Any:
-    """The app as a WSGI callable, for the listener's server."""
-    from a2wsgi import ASGIMiddleware
+#: Console and API requests served at once: the rest of the listener's connections stay
+#: free for ``/healthz`` and ``/metrics`` however busy the console is.
+WEB_CONCURRENCY = 4
 
-    return ASGIMiddleware(make_app(context))  # type: ignore[arg-type]
+
+class _Responder(ASGIResponder):
+    """a2wsgi's responder, which also ends the app's task when the client goes away in
+    the middle of the response: a2wsgi leaves it waiting forever (memory held per
+    aborted request, and a "Task was destroyed" line for each at exit)."""
+
+    task: asyncio.Task[None] | None = None
+
+    async def start_asgi_app(self, environ: Any) -> asyncio.Task[None]:
+        self.task = await super().start_asgi_app(environ)
+        return self.task
+
+    def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:
+        try:
+            yield from super().__call__(environ, start_response)
+        finally:
+            if self.task is not None:
+                self.loop.call_soon_threadsafe(self.task.cancel)
+
+
+class _Bridge(ASGIMiddleware):
+    def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:
+        return _Responder(self.app, self.loop, self.wait_time)(environ, start_response)
+
+
+def wsgi_app(context: WebContext, listen: str) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+    """The app as a WSGI callable for the listener's server: input Litestar would choke
+    on, a foreign Host and a full house are answered here, in JSON like every error."""
+    bridge = _Bridge(make_app(context))  # type: ignore[arg-type]
+    slots = threading.BoundedSemaphore(WEB_CONCURRENCY)
+    loopback = _is_loopback(listen.rpartition(":")[0].strip("[]"))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        refused = refusal(environ, loopback)
+        if refused is None and not slots.acquire(blocking=False):
+            refused = (503, "busy: the console is serving other requests; try again in a second")
+        if refused is not None:
+            code, detail = refused
+            body = msgspec.json.encode(Problem(code, detail))
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            start_response(
+                f"{code} {HTTPStatus(code).phrase}", headers + ([("Retry-After", "1")] if code == 503 else [])
+            )
+            yield body
+            return
+        try:
+            yield from bridge(environ, start_response)
+        finally:
+            slots.release()
+
+    return app
+
+
+def refusal(environ: dict[str, Any], loopback: bool) -> tuple[int, str] | None:
+    """Why a request is refused before it reaches the app, or None.
+
+    On a loopback listener only a loopback Host is served: a web page the operator
+    visits cannot reach the reads through a DNS name rebound to 127.0.0.1."""
+    path, query = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+    if len(path) > 2048 or len(query) > 8192:
+        return 414, "the URL is too long"
+    try:
+        path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return 400, "the path is not UTF-8"
+    if "\x00" in path or b"\x00" in unquote_to_bytes(query):
+        return 400, "NUL characters are not accepted"
+    length = environ.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit():
+        return 400, "Content-Length is not a number"
+    header = environ.get("HTTP_HOST", "")  # (a browser always sends it; a rebinding attack needs one)
+    if loopback and header and not _is_loopback(_host_name(header).lower()):
+        return 421, "this listener serves loopback names only (localhost, 127.0.0.1, [::1])"
+    return None
+
+
+def _host_name(header: str) -> str:
+    """``[::1]:9464`` -> ``::1``; ``localhost:9464`` -> ``localhost``."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

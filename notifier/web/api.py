@@ -106,13 +106,18 @@ class DeliveriesPage(msgspec.Struct, frozen=True):
     items: list[DeliveryView]  # newest first
 
 
+def _text(longest: int) -> Any:
+    """A string of at most ``longest`` characters and no NUL (which PostgreSQL cannot store)."""
+    return Annotated[str, msgspec.Meta(max_length=longest, pattern="^[^\x00]*$")]
+
+
 class NewSilence(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Matchers as in ``notifier silence add``; ``duration`` ("2h") or ``ends_at``."""
 
-    matchers: Annotated[list[Annotated[str, msgspec.Meta(max_length=1000)]], msgspec.Meta(min_length=1, max_length=32)]
-    comment: Annotated[str, msgspec.Meta(max_length=2000)]
-    author: Annotated[str, msgspec.Meta(max_length=200)] = ""
-    duration: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    matchers: Annotated[list[_text(1000)], msgspec.Meta(min_length=1, max_length=32)]  # type: ignore[valid-type]
+    comment: _text(2000)  # type: ignore[valid-type]
+    author: _text(200) = ""  # type: ignore[valid-type]
+    duration: _text(64) | None = None  # type: ignore[valid-type]
     starts_at: datetime | None = None
     ends_at: datetime | None = None
 
@@ -125,11 +130,13 @@ class MatcherCheck(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+BEARER = [{"bearer": []}]  # the OpenAPI security requirement of every change
 Limit = Annotated[int, QueryParameter(ge=1, le=PAGE_MAX, description="items per page")]
 Offset = Annotated[int, QueryParameter(ge=0, le=10**9, description="items to skip")]
 _PROBLEM = {
     400: ResponseSpec(Problem, description="malformed input: the reason is in detail and extra"),
-    503: ResponseSpec(Problem, description="the store cannot answer now: the reason is in detail"),
+    421: ResponseSpec(Problem, description="a loopback listener serves loopback host names only"),
+    503: ResponseSpec(Problem, description="the store cannot answer now, or the console is busy: see detail"),
 }
 _CHANGE = {
     **_PROBLEM,
@@ -237,6 +244,7 @@ def get_deliveries(
     "/deliveries/{delivery_id:int}/redeliver",
     sync_to_thread=True,
     guards=[require_token],
+    security=BEARER,
     status_code=200,
     responses={
         **_CHANGE,
@@ -284,6 +292,7 @@ def check_matchers(
     "/silences",
     sync_to_thread=True,
     guards=[require_token],
+    security=BEARER,
     status_code=201,
     responses={**_CHANGE, 422: ResponseSpec(Problem, description="not a silence: the reason is in detail")},
 )
@@ -307,6 +316,7 @@ def create_silence(context: NamedDependency[WebContext], data: JSONBody[NewSilen
     "/silences/{silence_id:str}",
     sync_to_thread=True,
     guards=[require_token],
+    security=BEARER,
     responses={**_CHANGE, 404: ResponseSpec(Problem, description="no active or pending silence with this id")},
 )
 def expire_silence(

@@ -43,7 +43,7 @@ def _environment() -> jinja2.Environment:
 def like_this(event: Event) -> list[str]:
     """Matchers for "silence like this": the event's type and what it is about."""
     pairs: list[tuple[str, str]] = [("type", event.type)]
-    if event.call_id:
+    if event.call_id and "\n" not in event.call_id:  # (a matcher is one line of the form)
         pairs.append(("call_id", event.call_id))
     if event.type.startswith("condition."):
         pairs.append(("condition", str(event.data.get("condition", ""))))
@@ -88,10 +88,10 @@ def console(
     shown_calls = None if calls_status == "all" else calls_status
     total, calls = store.active_calls(status=shown_calls, limit=PAGE, offset=calls_offset)
     types = [event_type] if event_type in EVENT_TYPES else []
-    events = list(reversed(store.events(types=types, search=q or None, limit=PAGE, offset=events_offset)))
+    events = list(reversed(store.events(types=types, search=q or None, limit=PAGE + 1, offset=events_offset)))
     sources = store.event_sources([e.id for e in events])
     shown_status = delivery_status if delivery_status in DELIVERY_STATUSES else None
-    deliveries = list(reversed(store.deliveries(status=shown_status, limit=PAGE, offset=deliveries_offset)))
+    deliveries = list(reversed(store.deliveries(status=shown_status, limit=PAGE + 1, offset=deliveries_offset)))
     html = (
         _environment()
         .get_template("console.html")
@@ -105,13 +105,15 @@ def console(
             calls_offset=calls_offset,
             events=[
                 {"event": e, "source": sources.get(e.id, "default"), "summary": summary(e), "like": like_this(e)}
-                for e in events
+                for e in events[:PAGE]
             ],
+            events_more=len(events) > PAGE,
             event_types=EVENT_TYPES,
             event_type=event_type if types else "",
             q=q or "",
             events_offset=events_offset,
-            deliveries=[delivery_view(d, []) for d in deliveries],
+            deliveries=[delivery_view(d, []) for d in deliveries[:PAGE]],
+            deliveries_more=len(deliveries) > PAGE,
             delivery_statuses=DELIVERY_STATUSES,
             delivery_status=shown_status or "",
             deliveries_offset=deliveries_offset,
@@ -128,7 +130,7 @@ def console(
             ),
         )
     )
-    return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+    return Response(html, media_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 def _linker(**current: Any) -> Any:

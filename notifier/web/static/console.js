@@ -47,10 +47,36 @@
 
   // Swap each live section for its fresh copy. On the timer, one that holds the focus is
   // left alone (a keyboard user keeps their place); after an action, every one is swapped.
+  let updated = new Date();
+  function stale(why) {
+    const note = $("#stale");
+    note.textContent = why ? `not updated since ${updated.toLocaleTimeString()}: ${why}` : "";
+    note.hidden = !why;
+  }
+
   async function refresh(all = false) {
-    const response = await fetch(location.href, { headers: { accept: "text/html" } });
-    if (!response.ok) return;
+    let response;
+    try {
+      response = await fetch(location.href, { headers: { accept: "text/html" } });
+    } catch {
+      stale("the daemon does not answer");
+      return;
+    }
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        detail = (await response.json()).detail || detail;
+      } catch {}
+      stale(`${response.status} ${detail}`);
+      return;
+    }
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    if ((fresh.body.dataset.readOnly || "") !== readOnly) {
+      location.reload(); // leader <-> standby, or the token setting changed: the page is another one
+      return;
+    }
+    updated = new Date();
+    stale("");
     for (const section of document.querySelectorAll("[data-live]")) {
       const next = fresh.getElementById(section.id);
       if (next && (all || !section.contains(document.activeElement))) {
@@ -63,7 +89,7 @@
   }
 
   setInterval(() => {
-    if (!document.hidden) refresh().catch(() => {});
+    if (!document.hidden) refresh().catch((error) => stale(error.message));
   }, EVERY);
 
   const tokenForm = $("#token-form");
