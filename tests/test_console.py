@@ -59,7 +59,10 @@ def page(browser: Browser) -> Iterator[Page]:
     opened.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     errors: list[str] = []
     opened.on("pageerror", lambda exc: errors.append(str(exc)))
-    opened.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    gone = "net::ERR_CONNECTION_REFUSED"  # (a test that stops the daemon under the page)
+    opened.on(
+        "console", lambda message: message.type == "error" and gone not in message.text and errors.append(message.text)
+    )
     try:
         yield opened
         assert dialogs == [], "a dialog opened: something ran that should not"
@@ -263,3 +266,24 @@ def test_screenshot_of_a_campaign_with_a_backlog(
         assert shot.stat().st_size > 10_000
         if os.environ.get("NOTIFIER_SCREENSHOT"):
             shutil.copy(shot, os.environ["NOTIFIER_SCREENSHOT"])
+
+
+def test_the_page_says_when_it_is_stale_and_follows_a_failover(
+    tmp_path: Path, sim: BlandSimulator, receiver: Receiver, page: Page
+) -> None:
+    sim.set_calls(campaign())
+    storage = 'url = "sqlite:///notifier.db"\nlease = "2s"\n'
+    with web_daemon(tmp_path, sim, receiver, storage=storage) as leader:
+        wait_for(lambda: leader.get("/api/v1/calls")["total"] == 4)
+        with web_daemon(tmp_path, sim, receiver, storage=storage, name="standby.toml") as standby:
+            page.goto(standby.url + "/")
+            expect(page.locator("#role")).to_contain_text("standby: read-only")
+            assert leader.daemon.stop() == 0  # the lease is given up: the standby takes over
+            expect(page.locator("#role")).to_contain_text("leader", timeout=20_000)
+            expect(page.get_by_label("API token")).to_be_visible(timeout=10_000)  # a leader's page, reloaded
+            expect(page.get_by_role("button", name="Create silence")).to_have_attribute(
+                "title", "enter the API token above to act"
+            )
+            standby.daemon.kill()
+            expect(page.locator("#stale")).to_contain_text("not updated since", timeout=15_000)
+            expect(page.locator("#stale")).to_contain_text("does not answer")
