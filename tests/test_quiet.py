@@ -126,3 +126,36 @@ def test_an_inhibited_hop_names_its_condition_after_silences_and_before_mutes() 
     first, second = ev(seq=1), ev(seq=2, call_id="c2")
     hops = judge_hops(1.0, [], lambda event: "backlog" if event.id == first.id else None)
     assert hops(rule(), "t", first) == Verdict("inhibited", "backlog") and hops(rule(), "t", second) == GO
+
+
+def test_new_silence_refuses_what_could_never_act_with_the_reason() -> None:
+    from notifier.quiet import LONGEST_SILENCE, new_silence
+
+    now = 1_000_000.0
+    made = new_silence("sil_1", ['rule = "a"'], now, now + 60, "  why  ", " me ", now)
+    assert (made.id, made.starts_at, made.ends_at, made.comment, made.author, made.created_at) == (
+        "sil_1",
+        now,
+        now + 60,
+        "why",
+        "me",
+        now,
+    )
+    assert [str(m) for m in made.matchers] == ['rule = "a"']
+    assert new_silence("s", ['rule = "a"'], now, now + LONGEST_SILENCE, "x", "", now).ends_at == now + LONGEST_SILENCE
+    for args, reason in [
+        ((['rule = "a"'], now, now, "x"), "the silence would end before it starts (or in the past)"),
+        ((['rule = "a"'], now - 100, now, "x"), "the silence would end before it starts (or in the past)"),
+        ((['rule = "a"'], now + 10, now + 5, "x"), "the silence would end before it starts (or in the past)"),
+        ((['rule = "a"'], now, now + LONGEST_SILENCE + 1, "x"), "a silence ends within a hundred years"),
+        (
+            (["rule =~ .*"], now, now + 60, "x"),
+            "these matchers hold for every delivery; silence something in particular",
+        ),
+        ((['rule = "a"'], now, now + 60, " -- "), "comment: say why, for whoever finds the silence"),
+        (([], now, now + 60, "x"), "a silence needs at least one matcher"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            new_silence("s", *args, "me", now)  # type: ignore[arg-type]
+        assert str(caught.value).startswith(reason), caught.value
+    assert LONGEST_SILENCE == 100 * 366 * 86400
