@@ -323,6 +323,12 @@ def test_input_the_app_cannot_take_is_refused_in_json_with_the_headers(web: Web)
     assert "web request failed" not in web.daemon.log and "Traceback" not in web.daemon.log
 
 
+def test_head_answers_as_get_without_a_body(web: Web) -> None:
+    for path in ("/", "/api/v1/status"):
+        status, body, headers = web.call("HEAD", path)
+        assert status == 200 and body == "" and int(headers["content-length"]) > 100, path
+
+
 def test_a_loopback_listener_answers_loopback_host_names_only(web: Web) -> None:
     """A web page the operator visits cannot read the API through a name rebound to 127.0.0.1."""
     status, answer, _ = web.call("GET", "/api/v1/calls", headers={"host": "attacker.example:80"})

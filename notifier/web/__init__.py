@@ -139,7 +139,12 @@ def wsgi_app(context: WebContext, listen: str) -> Callable[[dict[str, Any], Any]
             yield body
             return
         try:
-            yield from bridge(environ, start_response)
+            if environ.get("REQUEST_METHOD") == "HEAD":  # a GET's status and headers, no body
+                for _ in bridge({**environ, "REQUEST_METHOD": "GET"}, start_response):
+                    pass
+                yield b""
+            else:
+                yield from bridge(environ, start_response)
         finally:
             slots.release()
 
