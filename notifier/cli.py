@@ -223,6 +223,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for source in config.sources.values():
         print(f"source {source.name}: {source.base_url} every {float(source.poll_interval):g}s")
     print(f"storage: {display_url(config.storage.url)} (lease {format_duration(float(config.storage.lease))})")
+    if config.http is not None:
+        changes = "changes need the token" if config.http.token is not None else "read-only (no token)"
+        print(f"http: {config.http.listen}: /metrics, /healthz, the console and the API; {changes}")
     print("targets:")
     for target in config.targets.values():
         print(f"  {target.name} ({target.kind}): {describe_target(target).replace(PLACEHOLDER, '${credential}')}")
@@ -259,6 +262,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _unprivileged_ports() -> int:
     """The first port any user may bind (Linux: 1024 unless the sysctl says otherwise)."""
     try:
@@ -290,6 +302,12 @@ def _host_checks(config: Config) -> tuple[list[str], list[str]]:
         if os.geteuid() == 0 and port < _unprivileged_ports():
             notes.append(
                 f"http.listen: port {port} needs privileges the unit does not have (DynamicUser=, no capabilities)"
+            )
+        host = config.http.listen.rpartition(":")[0].strip("[]")
+        if not _loopback(host):
+            notes.append(
+                f"http.listen: {host} is reachable from other hosts, and the console's reads need no token: "
+                "keep it on a private network (or loopback behind a TLS proxy)"
             )
         failed = probe(config.http.listen)
         if failed is not None and failed.errno == errno.EADDRINUSE:

@@ -104,6 +104,7 @@ def _free_listen(preferred: int = 8464) -> str:
     """127.0.0.1:8464, or any free port when that one is taken (a second demo)."""
     for port in (preferred, 0):
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener binds
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:

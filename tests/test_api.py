@@ -398,3 +398,37 @@ def test_health_checks_answer_while_the_console_is_busy_or_trickled(web: Web) ->
         for worker in workers:
             worker.join(10)
     assert answered >= 10
+
+
+def test_unknown_paths_are_a_json_404(web: Web) -> None:
+    for path in ("/api/v1/nope", "/api/v1/a/b", "/nope"):
+        status, answer, headers = web.call("GET", path)
+        assert status == 404 and "no such path" in answer["detail"] and headers["content-type"] == "application/json"
+
+
+def test_check_says_where_the_console_listens_and_warns_off_loopback(tmp_path: Path, sim: BlandSimulator) -> None:
+    from tests.conftest import run_cli, write_config
+    from tests.test_service import free_port
+
+    port = free_port()
+    (tmp_path / "credentials").mkdir()
+    (tmp_path / "credentials" / "http_token").write_text(TOKEN + "\n")
+    env = cli_env(sim, tmp_path, CREDENTIALS_DIRECTORY=str(tmp_path / "credentials"))
+    write_config(tmp_path, sim, f'[http]\nlisten = "0.0.0.0:{port}"\ntoken = "${{credential:http_token}}"\n')
+    result = run_cli(["check"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"http: 0.0.0.0:{port}: /metrics, /healthz, the console and the API; changes need the token" in result.stdout
+    assert "http.listen: 0.0.0.0 is reachable from other hosts" in result.stderr and TOKEN not in result.stdout
+    write_config(tmp_path, sim, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    result = run_cli(["check"], env, tmp_path)
+    assert "; read-only (no token)" in result.stdout and "reachable from other hosts" not in result.stderr
+
+
+def test_the_console_summary_of_a_condition_reads_as_numbers() -> None:
+    from notifier.model import Event
+    from notifier.web.console import summary
+
+    data = {"condition": "queue backlog", "group": {"pathway_id": "pw-7"}, "value": 5.0}
+    assert summary(Event("e1", "condition.resolved", 0.0, data)) == "queue backlog pathway_id=pw-7 value 5"
+    firing = Event("e2", "condition.firing", 0.0, {**data, "value": 10.0, "threshold": 5.0})
+    assert summary(firing) == "queue backlog pathway_id=pw-7 value 10 (threshold 5)"

@@ -22,7 +22,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 from a2wsgi import ASGIMiddleware
 from a2wsgi.asgi import ASGIResponder
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -51,6 +51,22 @@ def _failed(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem
     return Response(Problem(500, "internal error: see the daemon's log"), status_code=500)
 
 
+def _not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """JSON for every 404, an unknown path included."""
+    detail = getattr(exc, "detail", "")
+    if detail in ("", "Not Found"):
+        detail = f"no such path: {request.url.path}"
+    return Response(Problem(404, detail), status_code=404)
+
+
+async def _json_not_found(response: Response[Any]) -> Response[Any]:
+    """The OpenAPI router answers unknown paths under /api/v1/ with an HTML page: JSON instead."""
+    if response.status_code == 404:
+        problem = Problem(404, "no such path under /api/v1/ (see /api/v1/openapi.json)")
+        return Response(problem, status_code=404, media_type="application/json")
+    return response
+
+
 def _store_trouble(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """The store cannot answer (not made yet, PostgreSQL down, locked): 503 with the reason."""
     reason = error_reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
@@ -77,12 +93,18 @@ def make_app(context: WebContext) -> Litestar:
             version=__version__,
             path="/api/v1",
             render_plugins=[JsonRenderPlugin()],
+            openapi_router=Router("/api/v1", route_handlers=[], include_in_schema=False, after_request=_json_not_found),
             description="Active calls, events, deliveries and silences of a bland-notifier store.",
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="[http] token")}
             ),
         ),
-        exception_handlers={500: _failed, SQLAlchemyError: _store_trouble, StoreError: _store_trouble},
+        exception_handlers={
+            404: _not_found,
+            500: _failed,
+            SQLAlchemyError: _store_trouble,
+            StoreError: _store_trouble,
+        },
         request_max_body_size=MAX_BODY,
         logging_config=None,
         debug=False,

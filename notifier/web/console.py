@@ -18,7 +18,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from notifier.durations import format_duration
-from notifier.model import EVENT_TYPES, QUEUED, Event
+from notifier.model import EVENT_TYPES, QUEUED, Event, parse_iso
 from notifier.route import Matcher
 from notifier.views import call_view, delivery_view, silence_view
 from notifier.web.api import DELIVERY_STATUSES, WebContext, get_status
@@ -37,6 +37,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["duration"] = lambda seconds: format_duration(seconds) if seconds is not None else "-"
     env.filters["when"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    env.filters["stamp"] = _stamp
     return env
 
 
@@ -56,7 +57,10 @@ def summary(event: Event) -> str:
     data = event.data
     if event.type.startswith("condition."):
         group = " ".join(f"{k}={v}" for k, v in dict(data.get("group") or {}).items())
-        return f"{data.get('condition')} {group} value {data.get('value')} (threshold {data.get('threshold')})".strip()
+        text = f"{data.get('condition')} {group} value {_number(data.get('value'))}"
+        if data.get("threshold") is not None:
+            text += f" (threshold {_number(data['threshold'])})"
+        return text
     if event.type.startswith("source."):
         return str(data.get("last_error") or data.get("reason") or "")
     call = data.get("call") or {}
@@ -64,6 +68,20 @@ def summary(event: Event) -> str:
     if call.get("pathway_id"):
         parts.append(f"pathway {call['pathway_id']}")
     return " ".join(p for p in parts if p)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _stamp(text: str | None) -> str:
+    """An ISO time as the console shows times: UTC to the second, and how long ago (or until)."""
+    when = parse_iso(text) if text else None
+    if when is None:
+        return "never"
+    ago = round(time.time() - when)
+    relative = f"{format_duration(ago)} ago" if ago >= 0 else f"in {format_duration(-ago)}"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))} ({relative})"
 
 
 @get("/", sync_to_thread=True, include_in_schema=False)
