@@ -262,15 +262,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def _unprivileged_ports() -> int:
     """The first port any user may bind (Linux: 1024 unless the sysctl says otherwise)."""
     try:
@@ -283,7 +274,7 @@ def _host_checks(config: Config) -> tuple[list[str], list[str]]:
     """(errors, warnings) about this host: can the store's directory be written, can
     the listen address be bound. A relative SQLite path is checked only where it will
     be: under $STATE_DIRECTORY."""
-    from notifier.listener import probe
+    from notifier.listener import is_loopback, probe
     from notifier.store.sqlite import database_path, location_problem
 
     errors, notes = [], []
@@ -304,7 +295,7 @@ def _host_checks(config: Config) -> tuple[list[str], list[str]]:
                 f"http.listen: port {port} needs privileges the unit does not have (DynamicUser=, no capabilities)"
             )
         host = config.http.listen.rpartition(":")[0].strip("[]")
-        if not _loopback(host):
+        if not is_loopback(host):
             notes.append(
                 f"http.listen: {host} is reachable from other hosts, and the console's reads need no token: "
                 "keep it on a private network (or loopback behind a TLS proxy)"

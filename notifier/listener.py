@@ -9,6 +9,7 @@ cannot be framed, and is never shared with other origins.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -157,6 +158,14 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host or a Host header's name stays on this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def probe(listen: str) -> OSError | None:

@@ -93,7 +93,7 @@ class TemplateProblem(ValueError):
         self.key, self.reason = key, reason
 
 
-def _number(value: Any) -> str:
+def number(value: Any) -> str:
     """412.0 -> 412, 0.4 -> 0.4: counts and thresholds as people write them."""
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
@@ -162,7 +162,7 @@ def _environment(fmt: str) -> ImmutableSandboxedEnvironment:
     )
     env.filters["duration"] = format_duration
     env.filters["shorten"] = shorten
-    env.filters["number"] = _number
+    env.filters["number"] = number
     return env
 
 

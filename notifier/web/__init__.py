@@ -9,7 +9,6 @@ busy daemon loop never stalls the console and the console never stalls polling.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +31,7 @@ from litestar.static_files import create_static_files_router
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import __version__
+from notifier.listener import is_loopback
 from notifier.logs import kv
 from notifier.store import StoreError, error_reason
 from notifier.web.api import Problem, WebContext, api_router, provide_context
@@ -145,7 +145,7 @@ def wsgi_app(context: WebContext, listen: str) -> Callable[[dict[str, Any], Any]
     on, a foreign Host and a full house are answered here, in JSON like every error."""
     bridge = _Bridge(make_app(context))  # type: ignore[arg-type]
     slots = threading.BoundedSemaphore(WEB_CONCURRENCY)
-    loopback = _is_loopback(listen.rpartition(":")[0].strip("[]"))
+    loopback = is_loopback(listen.rpartition(":")[0].strip("[]"))
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         refused = refusal(environ, loopback)
@@ -191,7 +191,7 @@ def refusal(environ: dict[str, Any], loopback: bool) -> tuple[int, str] | None:
     if not length.isdigit():
         return 400, "Content-Length is not a number"
     header = environ.get("HTTP_HOST", "")  # (a browser always sends it; a rebinding attack needs one)
-    if loopback and header and not _is_loopback(_host_name(header).lower()):
+    if loopback and header and not is_loopback(_host_name(header).lower()):
         return 421, "this listener serves loopback names only (localhost, 127.0.0.1, [::1])"
     return None
 
@@ -201,10 +201,3 @@ def _host_name(header: str) -> str:
     if header.startswith("["):
         return header[1:].partition("]")[0]
     return header.rpartition(":")[0] if header.count(":") == 1 else header
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

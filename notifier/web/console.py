@@ -20,6 +20,7 @@ from litestar.params import QueryParameter
 from notifier.durations import format_duration
 from notifier.model import EVENT_TYPES, QUEUED, Event, parse_iso
 from notifier.route import Matcher
+from notifier.templates import number
 from notifier.views import call_view, delivery_view, silence_view
 from notifier.web.api import DELIVERY_STATUSES, WebContext, get_status
 
@@ -57,9 +58,9 @@ def summary(event: Event) -> str:
     data = event.data
     if event.type.startswith("condition."):
         group = " ".join(f"{k}={v}" for k, v in dict(data.get("group") or {}).items())
-        text = f"{data.get('condition')} {group} value {_number(data.get('value'))}"
+        text = f"{data.get('condition')} {group} value {number(data.get('value'))}"
         if data.get("threshold") is not None:
-            text += f" (threshold {_number(data['threshold'])})"
+            text += f" (threshold {number(data['threshold'])})"
         return text
     if event.type.startswith("source."):
         return str(data.get("last_error") or data.get("reason") or "")
@@ -68,10 +69,6 @@ def summary(event: Event) -> str:
     if call.get("pathway_id"):
         parts.append(f"pathway {call['pathway_id']}")
     return " ".join(p for p in parts if p)
-
-
-def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def _stamp(text: str | None) -> str:
