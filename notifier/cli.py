@@ -274,7 +274,7 @@ def _host_checks(config: Config) -> tuple[list[str], list[str]]:
     """(errors, warnings) about this host: can the store's directory be written, can
     the listen address be bound. A relative SQLite path is checked only where it will
     be: under $STATE_DIRECTORY."""
-    from notifier.listener import is_loopback, probe
+    from notifier.listener import is_loopback, probe, split_listen
     from notifier.store.sqlite import database_path, location_problem
 
     errors, notes = [], []
@@ -289,12 +289,11 @@ def _host_checks(config: Config) -> tuple[list[str], list[str]]:
         elif problem := location_problem(path):
             errors.append(f"storage.url: {problem}")
     if config.http is not None:
-        port = int(config.http.listen.rpartition(":")[2])
+        host, port = split_listen(config.http.listen)
         if os.geteuid() == 0 and port < _unprivileged_ports():
             notes.append(
                 f"http.listen: port {port} needs privileges the unit does not have (DynamicUser=, no capabilities)"
             )
-        host = config.http.listen.rpartition(":")[0].strip("[]")
         if not is_loopback(host):
             notes.append(
                 f"http.listen: {host} is reachable from other hosts, and the console's reads need no token: "

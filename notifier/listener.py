@@ -168,15 +168,20 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``[::1]:9464`` -> (``::1``, 9464); the config has checked the form."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def probe(listen: str) -> OSError | None:
     """Whether ``listen`` could be bound now (for ``check``): bound and let go at once."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-            sock.bind((host, int(port)))
+            sock.bind((host, port))
     except OSError as exc:
         return exc
     return None
@@ -210,8 +215,7 @@ class Listener:
         clock: Callable[[], float],
         web: WSGIApp | None = None,
     ) -> None:
-        host, _, port = listen.rpartition(":")
-        self._host = host.strip("[]")
+        self._host, port = split_listen(listen)
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._standing = standing
         self._clock = clock
@@ -219,7 +223,7 @@ class Listener:
         try:
             server_class = _Server6 if ":" in self._host else _Server
             self._server = make_server(
-                self._host, int(port), self._app, server_class=server_class, handler_class=_QuietHandler
+                self._host, port, self._app, server_class=server_class, handler_class=_QuietHandler
             )
         except OSError as exc:
             raise ListenerError(f"http.listen: cannot listen on {listen}: {exc.strerror}") from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -399,7 +399,24 @@ class Store:
         offset: int = 0,
         search: str | None = None,
     ) -> list[Event]:
-        """Recorded events, oldest first (the newest ``limit`` when given, after skipping
+        """Recorded events, oldest first (see ``sourced_events``)."""
+        found = self.sourced_events(
+            since=since, types=types, call_id=call_id, source=source, limit=limit, offset=offset, search=search
+        )
+        return [event for _, event in found]
+
+    def sourced_events(
+        self,
+        *,
+        since: float | None = None,
+        types: Sequence[str] = (),
+        call_id: str | None = None,
+        source: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        search: str | None = None,
+    ) -> list[tuple[str, Event]]:
+        """Recorded events with their source, oldest first (the newest ``limit`` when given, after skipping
         the newest ``offset``). ``search``: the text appears in the event's JSON (a call
         id, a number, an objective), in any case, among the newest ``SEARCH_WINDOW``."""
         query = select(events).order_by(events.c.seq.desc())
@@ -423,32 +440,26 @@ class Store:
             query = query.offset(offset)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [_row_event(row) for row in reversed(rows)]
-
-    def event_sources(self, event_ids: Sequence[str]) -> dict[str, str]:
-        """The source of each event, by id."""
-        found: dict[str, str] = {}
-        ids = list(event_ids)
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                for event_id, source in conn.execute(
-                    select(events.c.id, events.c.source).where(events.c.id.in_(chunk))
-                ):
-                    found[event_id] = source
-        return found
+        return [(row.source, _row_event(row)) for row in reversed(rows)]
 
     def active_calls(
-        self, *, source: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        source: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        counts: Mapping[str, Mapping[str, int]] | None = None,
     ) -> tuple[int, list[tuple[str, CallState]]]:
         """(how many calls match, one page of them as (source, state)), the longest
         queued first. Each (source, status) is read in order from ``ix_calls_oldest``
-        and the few lists are merged, so a page costs the same at any number of calls."""
+        and the few lists are merged, so a page costs the same at any number of calls.
+        ``counts``: the counts by source and status when the caller has just read them."""
         groups = [
             (name, call_status, count)
-            for name, counts in self._status_counts().items()
+            for name, by_status in (counts if counts is not None else self._status_counts()).items()
             if source is None or name == source
-            for call_status, count in counts.items()
+            for call_status, count in by_status.items()
             if status is None or call_status == status
         ]
         wanted = offset + limit

@@ -31,7 +31,7 @@ from litestar.static_files import create_static_files_router
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import __version__
-from notifier.listener import is_loopback
+from notifier.listener import is_loopback, split_listen
 from notifier.logs import kv
 from notifier.store import StoreError, error_reason
 from notifier.web.api import Problem, WebContext, api_router, provide_context
@@ -145,7 +145,7 @@ def wsgi_app(context: WebContext, listen: str) -> Callable[[dict[str, Any], Any]
     on, a foreign Host and a full house are answered here, in JSON like every error."""
     bridge = _Bridge(make_app(context))  # type: ignore[arg-type]
     slots = threading.BoundedSemaphore(WEB_CONCURRENCY)
-    loopback = is_loopback(listen.rpartition(":")[0].strip("[]"))
+    loopback = is_loopback(split_listen(listen)[0])
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         refused = refusal(environ, loopback)

@@ -214,7 +214,7 @@ def get_events(
     offset: Offset = 0,
 ) -> EventsPage:
     """Recorded events, newest first; the items are webhook bodies with their source."""
-    found = context.store.events(
+    found = context.store.sourced_events(
         since=_timestamp(since) if since is not None else None,
         types=event_type or (),
         call_id=call_id,
@@ -223,8 +223,7 @@ def get_events(
         offset=offset,
         search=q or None,
     )
-    sources = context.store.event_sources([e.id for e in found])
-    return EventsPage(offset, limit, [event_view(e, sources.get(e.id, "default")) for e in reversed(found)])
+    return EventsPage(offset, limit, [event_view(e, name) for name, e in reversed(found)])
 
 
 @get("/deliveries", sync_to_thread=True, responses=_PROBLEM)

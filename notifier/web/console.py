@@ -101,10 +101,10 @@ def console(
     if calls_status is None:  # the queue when there is one; "all" shows every call
         calls_status = QUEUED if counts.get(QUEUED) else "all"
     shown_calls = None if calls_status == "all" else calls_status
-    total, calls = store.active_calls(status=shown_calls, limit=PAGE, offset=calls_offset)
+    by_source = {source.name: source.active_calls for source in status.sources}  # read once a refresh
+    total, calls = store.active_calls(status=shown_calls, limit=PAGE, offset=calls_offset, counts=by_source)
     types = [event_type] if event_type in EVENT_TYPES else []
-    events = list(reversed(store.events(types=types, search=q or None, limit=PAGE + 1, offset=events_offset)))
-    sources = store.event_sources([e.id for e in events])
+    events = list(reversed(store.sourced_events(types=types, search=q or None, limit=PAGE + 1, offset=events_offset)))
     shown_status = delivery_status if delivery_status in DELIVERY_STATUSES else None
     deliveries = list(reversed(store.deliveries(status=shown_status, limit=PAGE + 1, offset=deliveries_offset)))
     html = (
@@ -119,8 +119,7 @@ def console(
             calls_status=shown_calls or "",
             calls_offset=calls_offset,
             events=[
-                {"event": e, "source": sources.get(e.id, "default"), "summary": summary(e), "like": like_this(e)}
-                for e in events[:PAGE]
+                {"event": e, "source": name, "summary": summary(e), "like": like_this(e)} for name, e in events[:PAGE]
             ],
             events_more=len(events) > PAGE,
             event_types=EVENT_TYPES,
