@@ -17,12 +17,13 @@ its lock, and wakes up believing it leads.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.store import Store, error_reason
+from notifier.store.postgres import IDLE_IN_TRANSACTION_MS
 from notifier.threads import CallTimeout, ThreadsExhausted
 
 #: What a store call may fail with that a later try can cure (a lock, an outage, a partition).
@@ -80,11 +82,12 @@ class Term:
 
     holder: str
     number: int
+    #: Seconds the holder may still act, by its own clock (``Lease.remaining``).
+    remaining: Callable[[], float] = field(default=lambda: math.inf, compare=False, repr=False)
 
     def verify(self, conn: Connection) -> None:
-        row = conn.execute(
-            text("SELECT holder, term FROM leader WHERE id = 1" + _for_share(conn)),
-        ).first()
+        _let_go_within(conn, self.remaining())
+        row = conn.execute(text("SELECT holder, term FROM leader WHERE id = 1" + _for_share(conn))).first()
         if row is None or row.holder != self.holder or row.term != self.number:
             raise LeaseLost(f"term {self.number} is over (the store is at term {row.term if row else '?'})")
 
@@ -94,6 +97,17 @@ def _for_share(conn: Connection) -> str:
     it), while several sources' commits go on side by side. SQLite's write lock already
     serialises everything."""
     return " FOR SHARE" if conn.dialect.name == "postgresql" else ""
+
+
+def _let_go_within(conn: Connection, seconds: float) -> None:
+    """PostgreSQL: end this transaction (and its session) if it sits idle longer than
+    ``seconds``. A transaction that locks the lease row makes a takeover wait for it,
+    so a holder paused inside one (SIGSTOP, a frozen VM) must let go by the time its
+    lease runs out, not after the server's general bound. SQLite: nothing to do (one
+    host; its busy timeout bounds the wait)."""
+    if conn.dialect.name == "postgresql":
+        idle = max(1, math.ceil(min(seconds * 1000, IDLE_IN_TRANSACTION_MS)))
+        conn.execute(text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true)"), {"idle": str(idle)})
 
 
 def _now_sql(conn: Connection) -> str:
@@ -174,6 +188,7 @@ class Lease:
             "since = {now}, expires_at = {now} + :duration WHERE id = 1 AND ({free}) RETURNING term"
         )
         with self.store.transaction() as conn:
+            _let_go_within(conn, self.duration * (1 - SAFETY))
             now = _now_sql(conn)
             free = f"holder IS NULL OR expires_at <= {now} OR holder = :holder"
             row = conn.execute(text(take.format(now=now, free=free)), self._params()).first()
@@ -185,7 +200,7 @@ class Lease:
                     ).first()
         if row is None:
             return False
-        self.term = Term(self.holder, row.term)
+        self.term = Term(self.holder, row.term, self.remaining)
         self._valid_until = started + self.duration * (1 - SAFETY)
         return True
 
@@ -196,6 +211,7 @@ class Lease:
             return False
         started = self._monotonic()
         with self.store.transaction(durable=False) as conn:
+            _let_go_within(conn, self.remaining())
             now = _now_sql(conn)
             row = conn.execute(
                 text(

@@ -203,6 +203,27 @@ LeaseMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=
 test_lease_state_machine = LeaseMachine.TestCase
 
 
+def test_a_holder_paused_inside_a_fenced_commit_lets_go_when_its_lease_runs_out(postgres_url: str) -> None:
+    """A SIGSTOP at the wrong moment leaves the leader inside a commit, holding the lease
+    row: the takeover must come when the lease runs out, not when the server's general
+    idle bound (10 s) ends the session."""
+    store = Store(postgres_url)
+    store.upgrade()
+    paused, standby = Lease(store, 1.0, "paused"), Lease(store, 1.0, "standby")
+    assert paused.attempt()
+    started = time.monotonic()
+    with store.engine.connect() as conn:
+        paused.check().verify(conn)  # ... and the process stops here, its transaction open
+        while not standby.attempt():
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        with pytest.raises(Exception, match="idle-in-transaction"):
+            conn.exec_driver_sql("SELECT 1")  # the server ended the paused session
+    store.close()
+    assert standby.term is not None and standby.term.number == 2
+    assert 1.0 <= took <= 1.0 + 0.5, took
+
+
 def test_an_attempt_whose_answer_was_lost_is_taken_again_by_its_holder(store: Store) -> None:
     """A daemon gave up waiting for its attempt, which still landed: it must not leave the
     lease held by nobody that acts until it runs out."""

@@ -6,6 +6,10 @@ from __future__ import annotations
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 
+#: The longest a transaction may sit idle before the server ends it (a fenced commit
+#: sets its own, shorter bound: ``notifier.lease.Term.verify``).
+IDLE_IN_TRANSACTION_MS = 10_000
+
 #: A daemon cut off from the server must notice within seconds, not after the kernel's
 #: TCP timeouts (minutes): it has a lease to keep and a health endpoint to answer.
 CONNECT_ARGS = {
@@ -20,7 +24,7 @@ CONNECT_ARGS = {
     # among them) until the server notices: the server's keepalives for the session end
     # it within ~11 s of a partition, sooner than the lease a standby waits out.
     "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
-    " -c tcp_user_timeout=10000 -c idle_in_transaction_session_timeout=10000",
+    f" -c tcp_user_timeout=10000 -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
 }
 
 
