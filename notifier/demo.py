@@ -85,12 +85,16 @@ def run_demo(seed: int | None = None, duration: float | None = None) -> int:
         )
         daemon = Daemon(config, env)
 
+        async def stop_after(seconds: float) -> None:
+            await anyio.sleep(seconds)
+            daemon.stop()
+
         async def main(stop_requested: Callable[[], bool]) -> None:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(daemon.run, stop_requested)
                 if duration is not None:
-                    await anyio.sleep(duration)
-                    daemon.stop()
+                    tg.start_soon(stop_after, duration)
+                await daemon.run(stop_requested)
+                tg.cancel_scope.cancel()  # stopped by a signal before the duration was up
 
         # As `notifier run`: a Ctrl-C outside the daemon's own handling (while starting,
         # or a second one while it shuts down) stops it cleanly instead of a traceback.

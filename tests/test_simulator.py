@@ -146,3 +146,45 @@ def test_timeout_ends_the_demo_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 124  # timeout's own code: it had to send the signal
     assert "Summary" in result.stdout, result.stderr
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
+
+
+def test_the_demo_serves_its_console_read_only(tmp_path: Path) -> None:
+    """README: `notifier demo` serves the console, and it takes no changes (no token).
+    A SIGTERM stops it (with its summary) before its duration is up."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "notifier", "demo", "--seed", "3", "--duration", "60s"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=cli_env(None, tmp_path),
+    )
+    try:
+        assert proc.stdout is not None
+        lines = iter(proc.stdout.readline, "")
+        url = next(m[1] for line in lines if (m := re.search(r"console is at (http://\S+/)", line)))
+        next(line for line in lines if "appeared (QUEUED)" in line)  # the first poll is in
+        status, body = get(url + "api/v1/status")
+        report = json.loads(body)
+        assert status == 200 and report["role"] == "leader", report
+        assert report["read_only_reason"] == "changes are off: no [http] token is configured"
+        assert "call.appeared" in get(url + "api/v1/events?type=call.appeared")[1].decode()
+        page = get(url)[1].decode()
+        assert "bland-notifier" in page and "no [http] token is configured" in page
+        refused = urllib.request.Request(
+            url + "api/v1/silences",
+            data=b'{"matchers": ["type=call.stuck_queued"], "duration": "1h", "comment": "x"}',
+            headers={"content-type": "application/json", "authorization": "Bearer " + "x" * 20},
+        )
+        try:
+            urllib.request.urlopen(refused, timeout=10)
+        except urllib.error.HTTPError as error:
+            assert error.code == 403
+        else:
+            raise AssertionError("the demo took a change")
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=30)  # well before the 60 s
+        assert proc.returncode == 0 and "Summary" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
