@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.bland import USER_AGENT, BlandClient, PollError, decode_active_calls, retry_after_seconds
+from notifier.bland import (
+    USER_AGENT,
+    ActiveCallsDecoder,
+    BlandClient,
+    PollError,
+    decode_active_calls,
+    retry_after_seconds,
+)
 from notifier.model import call_payload
 from notifier.secret import Secret
 from notifier.simulator import BlandSimulator, wire_call
@@ -111,6 +118,57 @@ def test_any_entry_list_decodes_without_raising(items: list) -> None:
     for call_id, call in snapshot.calls.items():
         assert call_id and call.call_id == call_id
         call_payload(call)  # normalisation never raises either
+
+
+polls = st.lists(
+    st.lists(
+        st.builds(
+            wire_call,
+            st.sampled_from(["a", "b", "c", "d"]),
+            status=st.sampled_from(["QUEUED", "IN_PROGRESS"]),
+            to=st.sampled_from(["+1", "+2"]),
+            created_ms=st.just(1_800_000_000_000),
+        ),
+        max_size=5,
+    )
+    | st.just(None),  # an answer that fails to decode
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(polls)
+def test_the_incremental_decoder_always_sees_what_a_fresh_one_sees(answers: list) -> None:
+    """Its shortcuts (an answer the same as the last, entries seen before) never change
+    what a poll decodes to; an unchanged call is the very object of the last poll."""
+    decoder, last = ActiveCallsDecoder(), None
+    for entries in answers:
+        raw = b'{"data": {"not": "a list"}}' if entries is None else body(entries)
+        try:
+            snapshot = decoder.decode(raw)
+        except PollError:
+            assert entries is None
+            continue
+        assert snapshot == decode_active_calls(raw)
+        if last is not None:
+            for call_id, call in snapshot.calls.items():
+                if call == last.calls.get(call_id):
+                    assert call is last.calls[call_id]
+        last = snapshot
+
+
+def test_an_answer_the_checksum_misses_is_decoded_within_full_every_polls() -> None:
+    decoder = ActiveCallsDecoder()
+    first, changed = body([wire_call("a")]), body([wire_call("b")])
+    decoder.decode(first)
+    assert decoder.decode(first) is decoder.decode(first)  # the same answer: the same snapshot
+    # A CRC-32 collision, as if ``changed`` had the checksum of ``first``:
+    assert decoder._last is not None
+    decoder._last = ((len(changed), __import__("zlib").crc32(changed)), decoder._last[1])
+    decoder._repeats = 0
+    seen = [list(decoder.decode(changed).calls) for _ in range(ActiveCallsDecoder.FULL_EVERY + 1)]
+    assert seen[0] == ["a"] and seen[-1] == ["b"]
 
 
 def test_retry_after_forms() -> None:
