@@ -70,7 +70,7 @@ class ActiveCallsDecoder:
     changed entries are decoded, and unchanged calls are the very same objects, which
     lets detection skip them with an identity check. (Two different entries sharing
     Python's keyed 64-bit hash is a ~1e-9 event per poll at 100k calls.) Text that
-    campaigns repeat in every entry (objective, caller number, pathway) is stored once.
+    campaigns repeat in every entry (objective, caller number, pathway, status) is stored once.
     """
 
     FULL_EVERY = 100
@@ -137,6 +137,8 @@ class ActiveCallsDecoder:
             from_=shared(call.from_, call.from_),
             objective=shared(call.objective, call.objective),
             pathway_id=shared(call.pathway_id, call.pathway_id),
+            international=shared(call.international, call.international),
+            status=shared(call.status, call.status),
         )
 
 
