@@ -78,6 +78,7 @@ class _SourceLoop:
     poll_scope: anyio.CancelScope | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # the whole loop (a source removed)
     polled: anyio.Event = field(default_factory=anyio.Event)  # the first poll of the term is done
+    phase: float = 0.0  # how far into the interval this source's polls fall (see ``_start_loop``)
 
 
 class Daemon:
@@ -337,7 +338,12 @@ class Daemon:
         poller = Poller(
             self.config, self.store, _client(self.config.sources[name]), state, self.clock, self.lease.check
         )
-        loop = self._loops[name] = _SourceLoop(poller)
+        # Every source polls at once at the start of a term (readiness waits for all of
+        # them), then each keeps its own place in the interval: spread out, the polls of
+        # many sources do not all contend for the CPU and the store's write lock at once.
+        names = list(self.config.sources)
+        phase = float(self.config.sources[name].poll_interval) * names.index(name) / len(names)
+        loop = self._loops[name] = _SourceLoop(poller, phase=phase)
         self._term_tg.start_soon(self._poll_loop, loop)
 
     async def _announce_ready(self) -> None:
@@ -383,6 +389,7 @@ class Daemon:
         with loop.scope:
             await self._cycle(loop)
             loop.polled.set()
+            loop.last_start += loop.phase
             while not self._stop.is_set():
                 with anyio.move_on_after(self._wait(loop)):
                     await loop.wake.wait()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from notifier.config import ConfigError, load_config
 from notifier.simulator import BlandSimulator, wire_call
@@ -110,3 +111,47 @@ def test_each_source_polls_on_its_own_and_events_say_which(tmp_path: Path) -> No
         finally:
             if store is not None:
                 store.close()
+
+
+def test_the_polls_of_several_sources_are_spread_over_the_interval(tmp_path: Path) -> None:
+    """Each source keeps its own place in the interval after the first polls of a term,
+    so that many sources do not all fetch, decode and commit at the same moment."""
+    names, interval = ["a", "b", "c", "d"], 0.8
+    sims = [BlandSimulator(seed=n).start() for n in range(len(names))]
+    try:
+        (tmp_path / "notifier.toml").write_text(
+            "".join(
+                source(name, sim, f"KEY_{name.upper()}").replace('"100ms"', f'"{interval}s"')
+                for name, sim in zip(names, sims, strict=True)
+            )
+            + f'[storage]\nurl = "sqlite:///{tmp_path}/n.db"\n'
+        )
+        env = cli_env(None, tmp_path, **{f"KEY_{n.upper()}": s.api_key for n, s in zip(names, sims, strict=True)})
+        daemon = DaemonProcess(tmp_path, env)
+        wait_for(lambda: (tmp_path / "n.db").exists())
+        store = Store(f"sqlite:///{tmp_path}/n.db", create=False)
+        try:
+
+            def polls() -> dict[str, list[float]]:
+                try:
+                    with store.engine.connect() as conn:
+                        rows = conn.exec_driver_sql("SELECT source, at FROM polls WHERE ok ORDER BY id").all()
+                except OperationalError:  # not migrated yet
+                    return {}
+                seen: dict[str, list[float]] = {}
+                for name, at in rows:
+                    seen.setdefault(name, []).append(at)
+                return seen
+
+            seen = wait_for(lambda: (p := polls()) and all(len(p.get(n, [])) >= 4 for n in names) and p, timeout=30)
+            firsts = [seen[n][0] for n in names]
+            assert max(firsts) - min(firsts) < interval / 2  # a term starts with every source at once
+            phases = sorted((seen[n][3] - seen["a"][3]) % interval for n in names)
+            gaps = [later - earlier for earlier, later in zip(phases, [*phases[1:], phases[0] + interval], strict=True)]
+            assert min(gaps) > interval / len(names) / 3, phases  # ~0.2 s apart; at once, ~0
+            assert daemon.stop() == 0
+        finally:
+            store.close()
+    finally:
+        for sim in sims:
+            sim.stop()
