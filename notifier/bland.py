@@ -78,17 +78,20 @@ class ActiveCallsDecoder:
     def __init__(self) -> None:
         self._previous: dict[int, Call] = {}
         self._shared: dict[str, str] = {}
-        self._last: tuple[tuple[int, int], Snapshot] | None = None
+        self._last: tuple[tuple[int, int | None], Snapshot] | None = None  # (length, CRC-32), snapshot
         self._repeats = 0
 
     def decode(self, body: bytes | bytearray) -> Snapshot:
         """Raise ``PollError`` unless the body is the documented shape."""
-        checksum = (len(body), zlib.crc32(body))
-        if self._last is not None and self._last[0] == checksum and self._repeats < self.FULL_EVERY:
+        # The checksum is taken only when the length is the last answer's: while calls
+        # come and go the length moves with them, and a poll with changes pays nothing.
+        last = self._last
+        checksum = zlib.crc32(body) if last is not None and last[0][0] == len(body) else None
+        if last is not None and checksum is not None and last[0][1] == checksum and self._repeats < self.FULL_EVERY:
             self._repeats += 1
-            return self._last[1]
+            return last[1]
         snapshot = self._decode(body)
-        self._last, self._repeats = (checksum, snapshot), 0
+        self._last, self._repeats = ((len(body), checksum), snapshot), 0
         return snapshot
 
     def _decode(self, body: bytes | bytearray) -> Snapshot:
