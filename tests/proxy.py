@@ -81,9 +81,9 @@ class Proxy:
                 if not self._open.is_set():
                     return  # cut: what was in flight is lost, and the client is not told
                 sink.sendall(chunk)
-        except OSError:
-            return
-        if self._open.is_set():  # a clean end of one side: pass it on
+        except OSError:  # a reset (the server ended a session with a request unread), or a cut
+            pass
+        if self._open.is_set():  # an end of one side, clean or reset: pass it on, as a network would
             _close(sink)
 
 
