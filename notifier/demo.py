@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.config import load_config
 from notifier.daemon import Daemon, early_signals
 from notifier.simulator import BlandSimulator
-from notifier.store import Store
+from notifier.store import Store, StoreError
 from notifier.traffic import TrafficModel
 
 DEMO_CONFIG = """\
@@ -137,6 +138,9 @@ def _summary(url: str, env: dict[str, str]) -> None:
     try:
         events = Counter(e.type for e in store.events(limit=None))
         deliveries = Counter(d.status for d in store.deliveries())
+    except (StoreError, SQLAlchemyError):  # stopped before the daemon had made its tables
+        print("\nSummary\n  stopped before the first poll: nothing to show", flush=True)
+        return
     finally:
         store.close()
     print("\nSummary", file=sys.stdout)

@@ -82,11 +82,11 @@ class Term:
 
     holder: str
     number: int
-    #: Seconds the holder may still act, by its own clock (``Lease.remaining``).
-    remaining: Callable[[], float] = field(default=lambda: math.inf, compare=False, repr=False)
+    #: How long a transaction of the holder may sit idle (``Lease.idle_bound``).
+    idle_bound: Callable[[], float] = field(default=lambda: math.inf, compare=False, repr=False)
 
     def verify(self, conn: Connection) -> None:
-        _let_go_within(conn, self.remaining())
+        _let_go_within(conn, self.idle_bound())
         row = conn.execute(text("SELECT holder, term FROM leader WHERE id = 1" + _for_share(conn))).first()
         if row is None or row.holder != self.holder or row.term != self.number:
             raise LeaseLost(f"term {self.number} is over (the store is at term {row.term if row else '?'})")
@@ -103,8 +103,8 @@ def _let_go_within(conn: Connection, seconds: float) -> None:
     """PostgreSQL: end this transaction (and its session) if it sits idle longer than
     ``seconds``. A transaction that locks the lease row makes a takeover wait for it,
     so a holder paused inside one (SIGSTOP, a frozen VM) must let go by the time its
-    lease runs out, not after the server's general bound. SQLite: nothing to do (one
-    host; its busy timeout bounds the wait)."""
+    lease runs out in the store, not after the server's general bound. SQLite: nothing
+    to do (one host; its busy timeout bounds the wait)."""
     if conn.dialect.name == "postgresql":
         idle = max(1, math.ceil(min(seconds * 1000, IDLE_IN_TRANSACTION_MS)))
         conn.execute(text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true)"), {"idle": str(idle)})
@@ -177,6 +177,12 @@ class Lease:
         """Seconds this daemon may still act without a renewal."""
         return max(0.0, self._valid_until - self._monotonic()) if self.term is not None else 0.0
 
+    def idle_bound(self) -> float:
+        """How long a transaction of this holder may sit idle: until its lease can have
+        run out in the store, which is ``SAFETY`` later than by its own clock. (A
+        renewal in its last moments is not cut off for a pause of a few milliseconds.)"""
+        return self.remaining() + self.duration * SAFETY
+
     def attempt(self) -> bool:
         """Take the lease if nobody holds it, it has expired, it is ours already (an
         earlier attempt whose answer was given up on, which must not leave the lease
@@ -188,7 +194,7 @@ class Lease:
             "since = {now}, expires_at = {now} + :duration WHERE id = 1 AND ({free}) RETURNING term"
         )
         with self.store.transaction() as conn:
-            _let_go_within(conn, self.duration * (1 - SAFETY))
+            _let_go_within(conn, self.duration)  # the lease it may take: until it runs out in the store
             now = _now_sql(conn)
             free = f"holder IS NULL OR expires_at <= {now} OR holder = :holder"
             row = conn.execute(text(take.format(now=now, free=free)), self._params()).first()
@@ -200,7 +206,7 @@ class Lease:
                     ).first()
         if row is None:
             return False
-        self.term = Term(self.holder, row.term, self.remaining)
+        self.term = Term(self.holder, row.term, self.idle_bound)
         self._valid_until = started + self.duration * (1 - SAFETY)
         return True
 
@@ -211,7 +217,7 @@ class Lease:
             return False
         started = self._monotonic()
         with self.store.transaction(durable=False) as conn:
-            _let_go_within(conn, self.remaining())
+            _let_go_within(conn, self.idle_bound())
             now = _now_sql(conn)
             row = conn.execute(
                 text(
