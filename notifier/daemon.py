@@ -78,7 +78,10 @@ class _SourceLoop:
     poll_scope: anyio.CancelScope | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # the whole loop (a source removed)
     polled: anyio.Event = field(default_factory=anyio.Event)  # the first poll of the term is done
-    phase: float = 0.0  # how far into the interval this source's polls fall (see ``_start_loop``)
+    # Where this source's polls fall: ``phase`` seconds into each interval counted from
+    # ``origin`` (the term's start; None: the loop's own first poll). See ``_start_loop``.
+    phase: float = 0.0
+    origin: float | None = None
 
 
 class Daemon:
@@ -288,8 +291,9 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 self._term_tg = tg
                 tg.start_soon(self._keep_lease)
+                origin = time.monotonic()
                 for name in self.config.sources:
-                    await self._start_loop(name)  # loads every source's state before polling any
+                    await self._start_loop(name, origin)
                 tg.start_soon(self._announce_ready)
                 await self.dispatcher.retire_removed_targets()
                 tg.start_soon(self.dispatcher.run)
@@ -332,18 +336,20 @@ class Daemon:
             self._deposed_term = term
             log.warning("no longer the leader; now a standby", extra=kv(term=term, reason=reason))
 
-    async def _start_loop(self, name: str) -> None:
+    async def _start_loop(self, name: str, origin: float | None = None) -> None:
         assert self._term_tg is not None
         state = await anyio.to_thread.run_sync(self.store.load_state, name)
         poller = Poller(
             self.config, self.store, _client(self.config.sources[name]), state, self.clock, self.lease.check
         )
         # Every source polls at once at the start of a term (readiness waits for all of
-        # them), then each keeps its own place in the interval: spread out, the polls of
-        # many sources do not all contend for the CPU and the store's write lock at once.
+        # them), then each keeps its own place in the interval, counted from the term's
+        # start (not from its own first poll, which waited for the states loaded before
+        # it): spread out, the polls of many sources do not all contend for the CPU and
+        # the store's write lock at once.
         names = list(self.config.sources)
         phase = float(self.config.sources[name].poll_interval) * names.index(name) / len(names)
-        loop = self._loops[name] = _SourceLoop(poller, phase=phase)
+        loop = self._loops[name] = _SourceLoop(poller, phase=phase, origin=origin)
         self._term_tg.start_soon(self._poll_loop, loop)
 
     async def _announce_ready(self) -> None:
@@ -389,7 +395,7 @@ class Daemon:
         with loop.scope:
             await self._cycle(loop)
             loop.polled.set()
-            loop.last_start += loop.phase
+            loop.last_start = (loop.last_start if loop.origin is None else loop.origin) + loop.phase
             while not self._stop.is_set():
                 with anyio.move_on_after(self._wait(loop)):
                     await loop.wake.wait()
