@@ -382,10 +382,11 @@ def test_several_sources_commit_side_by_side_on_postgresql(tmp_path: Path, rx: R
         )
         env = cli_env(None, tmp_path, **{f"KEY_{i}": s.api_key for i, s in enumerate(sims)})
         daemon = DaemonProcess(tmp_path, env)
+        wait_for(lambda: all(s.requests for s in sims), timeout=60)  # started (slow on a loaded machine)
         for round_ in range(15):  # every source has new calls at every poll
             for i, s in enumerate(sims):
                 s.set_calls([wire_call(f"{i}-{round_}-{k}") for k in range(5)])
-            time.sleep(0.2)
+            time.sleep(0.4)  # four polls a round: a loaded machine slows some down
         wait_for(lambda: len({r.headers["webhook-id"] for r in rx.received}) >= 3 * 5 * 10, timeout=30)
         assert daemon.stop() == 0
         assert "could not record the poll" not in daemon.log, daemon.log
